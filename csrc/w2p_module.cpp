@@ -1,0 +1,31 @@
+// Python module init for w2p._C.  The ops themselves are registered with TORCH_LIBRARY
+// in their own folders (csrc/<op>/) and reached through torch.ops.w2p.*; this file only
+// reports what was compiled in.
+#include <torch/extension.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+bool cuda_built() {
+#ifdef W2P_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+bool openmp_built() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "w2p compiled kernels (CIF); ops live under torch.ops.w2p";
+  m.def("cuda_built", &cuda_built, "True when the CUDA kernels were compiled in");
+  m.def("openmp_built", &openmp_built, "True when the CPU kernels were compiled with OpenMP");
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Idempotent installer for w2p (ESPnet-style): creates tools/venv, installs the pinned
+# dependencies, then w2p itself in editable mode, which builds the C++ (and, with a CUDA
+# torch, the CUDA) extension w2p._C.  Re-running it on a complete venv takes seconds.
+set -euo pipefail
+tools=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$tools")
+venv=$tools/venv
+python=${PYTHON:-python3}
+
+log() { echo "$(date '+%H:%M:%S') [install] $*"; }
+
+# --- system packages: espeak-ng + sox synthesise the default corpus --------------------
+if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing espeak-ng and sox with apt-get"
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+  else
+    echo "w2p: please install espeak-ng and sox (e.g. 'sudo apt-get install espeak-ng sox'); the default corpus needs them." >&2
+  fi
+fi
+
+# --- python virtualenv with pinned packages ------------------------------------------
+stamp_want=$(cat "$tools/constraints.txt" "$tools/requirements.txt" "$tools/requirements-nodeps.txt" | sha256sum | cut -c1-16)
+stamp_file=$venv/.w2p_deps
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv"
+  "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_want" ]; then
+  log "installing torch (CPU wheel, pinned by tools/constraints.txt)"
+  # Every pip call carries the constraints so nothing can replace torch with a CUDA build.
+  "${pip[@]}" install -c "$tools/constraints.txt" "setuptools<80" wheel torch 2>&1 | grep -v '^WARNING: Location' || true
+  "$venv/bin/python" -c 'import torch' || { echo "w2p: torch failed to install" >&2; exit 1; }
+  log "installing pinned dependencies"
+  "${pip[@]}" install -c "$tools/constraints.txt" -r "$tools/requirements.txt" 2>&1 | grep -v '^WARNING: Location' || true
+  "${pip[@]}" install --no-deps -r "$tools/requirements-nodeps.txt" 2>&1 | grep -v '^WARNING: Location' || true
+  "$venv/bin/python" -c 'import transformers, espnet2, kaldiio, kaldi_native_fbank, sentencepiece, torch_cif' \
+    || { echo "w2p: dependency install incomplete; see the pip output above" >&2; exit 1; }
+  log "installing w2p (editable; builds the extension)"
+  (cd "$root" && "${pip[@]}" install -c "$tools/constraints.txt" --no-deps --no-build-isolation -e .) 2>&1 | grep -v '^WARNING: Location' || true
+  echo "$stamp_want" > "$stamp_file"
+fi
+
+# --- the extension: rebuilt incrementally when csrc/ changed ---------------------------
+(cd "$root" && "$venv/bin/python" setup.py -q build_ext --inplace >"$venv/.w2p_build.log" 2>&1) \
+  || { cat "$venv/.w2p_build.log" >&2; echo "w2p: extension build failed (log above)" >&2; exit 1; }
+"$venv/bin/python" -c 'import w2p, w2p._C' || { echo "w2p: import w2p._C failed" >&2; exit 1; }
+log "done: $("$venv/bin/python" -m w2p.info --short)"
