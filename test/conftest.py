@@ -1,7 +1,22 @@
-"""Shared fixtures. ``llm``: the default frozen LLM, loaded once per test session (converted from the GGUF into
-<repo>/tools/cache/llm/ the first time, ~20 s; later loads take about a second)."""
+"""Shared fixtures.
+
+``llm``: the default frozen LLM, loaded once per test session (converted from the GGUF into
+<repo>/tools/cache/llm/ the first time, ~20 s; later loads take about a second).
+``tiny_recipe``: a recipe-like dir with dump/fbank/{train,dev}/ (synthetic fbank ark/scp, text, llm_tokens,
+cmvn.npz) small enough for training tests that run in seconds.
+"""
+import os
+
+import numpy as np
 import pytest
 import torch
+
+SENTENCES = [
+    "turn on the lights", "what time is it", "play some music", "call my sister", "open the door",
+    "set an alarm for seven", "how is the weather today", "stop the music", "close the window please",
+    "read my messages", "turn off the radio", "where is the station", "book a table for two",
+    "send a text to john", "is it going to rain", "start the timer",
+]
 
 
 @pytest.fixture(scope="session")
@@ -9,3 +24,49 @@ def llm():
     from w2p.llm import DEFAULT_LLM, FrozenLLM
 
     return FrozenLLM.load(DEFAULT_LLM, dtype=torch.float32, device="cpu")
+
+
+def write_tiny_dump(root: str, llm, n_train: int = 16, n_dev: int = 4, seed: int = 0) -> str:
+    """Synthetic recipe dir: every LLM token gets a fixed random 80-dim pattern held for 12 frames, plus noise."""
+    import kaldiio
+
+    rng = np.random.default_rng(seed)
+    protos: dict[int, np.ndarray] = {}
+    sums, sq, count = np.zeros(80), np.zeros(80), 0
+    for name, n in (("train", n_train), ("dev", n_dev)):
+        d = os.path.join(root, "dump", "fbank", name)
+        os.makedirs(d, exist_ok=True)
+        texts = {f"{name}_{i:03d}": SENTENCES[(i * 5 + (name == "dev")) % len(SENTENCES)] for i in range(n)}
+        toks = dict(zip(texts, llm.tokenize(list(texts.values()))))
+        with kaldiio.WriteHelper(f"ark,scp:{d}/feats.ark,{d}/feats.scp") as w:
+            for u, ids in toks.items():
+                frames = []
+                for t in ids:
+                    if t not in protos:
+                        protos[t] = rng.normal(0, 3, 80)
+                    frames.append(np.repeat(protos[t][None], 12, 0))
+                m = (np.concatenate(frames) + rng.normal(0, 0.5, (12 * len(ids), 80))).astype(np.float32)
+                w(u, m)
+                if name == "train":
+                    sums += m.sum(0)
+                    sq += (m.astype(np.float64) ** 2).sum(0)
+                    count += len(m)
+        with open(f"{d}/text", "w") as f:
+            f.writelines(f"{u} {t}\n" for u, t in texts.items())
+        with open(f"{d}/llm_tokens", "w") as f:
+            f.writelines(f"{u} {' '.join(map(str, ids))}\n" for u, ids in toks.items())
+        with open(f"{d}/utt2num_frames", "w") as f:
+            f.writelines(f"{u} {12 * len(ids)}\n" for u, ids in toks.items())
+    np.savez(os.path.join(root, "dump", "fbank", "train", "cmvn.npz"), count=np.array(count), sum=sums,
+             sum_square=sq)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(tmp_path_factory, llm):
+    return write_tiny_dump(str(tmp_path_factory.mktemp("tiny_recipe")), llm)
+
+
+TINY_ENCODER = {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 1,
+                "cnn_module_kernel": 5, "dropout_rate": 0.0, "positional_dropout_rate": 0.0,
+                "attention_dropout_rate": 0.0}

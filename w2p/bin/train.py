@@ -1,0 +1,78 @@
+"""Train a system (Wav2Prompt or a baseline) from a YAML config.
+
+    python -m w2p.bin.train --config conf/train_w2p.yaml --train_dir dump/fbank/train \\
+        --valid_dir dump/fbank/dev --output_dir exp/w2p [--llm SRC] [--init exp/Y/model.pt] [--resume] \\
+        [--ngpu N | --nproc N] [--key.sub value ...]
+
+Any config key can be overridden on the command line (``--optim_conf.lr 5e-4 --max_epoch 3``).
+With ``--nproc N`` (CPU, gloo) or ``--ngpu N`` > 1 (NCCL) it relaunches itself under torchrun.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="w2p.bin.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config (keys: see w2p/train/config.py DEFAULTS)")
+    p.add_argument("--train_dir", required=True, help="dump dir of the training set (dump/fbank/train)")
+    p.add_argument("--valid_dir", required=True, help="dump dir of the validation set (dump/fbank/dev)")
+    p.add_argument("--output_dir", required=True, help="exp dir (config.yaml, train.log, model.pt, ...)")
+    p.add_argument("--llm", default=None, help="LLM source (overrides the config's llm): smollm2-135m | HF dir | "
+                   "file.gguf")
+    p.add_argument("--init", default=None, help="initialise matching parameters from this model.pt")
+    p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint.pt if present")
+    p.add_argument("--ngpu", type=int, default=0, help="GPUs per node (0 = CPU)")
+    p.add_argument("--nproc", type=int, default=0, help="processes per node (default: max(1, ngpu))")
+    return p
+
+
+def _relaunch(nproc: int, argv: list[str]) -> int:
+    """Re-run this entry point under torchrun with ``nproc`` processes on this node."""
+    from torch.distributed.run import main as torchrun
+
+    args = ["--standalone", f"--nproc_per_node={nproc}", "-m", "w2p.bin.train", *argv]
+    os.environ["W2P_LAUNCHED"] = "1"
+    torchrun(args)
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = get_parser().parse_known_args(argv)
+    nproc = args.nproc or max(1, args.ngpu)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch(nproc, argv)
+
+    import torch
+
+    from w2p.train.config import load_config
+    from w2p.train.trainer import Trainer, model_needs_llm
+
+    conf = load_config(args.config, extra)
+    if args.llm:
+        conf["llm"] = args.llm
+    # keep CPU threads per process sensible when several processes share a node
+    if args.ngpu == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"])))
+    llm = None
+    if conf.get("llm") and str(conf["llm"]).lower() != "none" and model_needs_llm(conf["model"]):
+        from w2p.llm import FrozenLLM
+
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if args.ngpu > 0 else "cpu"
+        llm = FrozenLLM.load(conf["llm"], dtype=getattr(torch, conf.get("llm_dtype", "float32")), device=device)
+    os.makedirs(args.output_dir, exist_ok=True)
+    trainer = Trainer(conf, train_dir=args.train_dir, valid_dir=args.valid_dir, output_dir=args.output_dir,
+                      llm=llm, init=args.init, resume=args.resume, ngpu=args.ngpu)
+    out = trainer.run()
+    trainer.dist.close()
+    if trainer.dist.main:
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

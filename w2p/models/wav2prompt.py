@@ -1,0 +1,157 @@
+"""Wav2Prompt (Deng, Sun, Woodland 2024): speech -> Conformer -> CIF -> projection to LLM token embeddings.
+
+Training (ASR data only):
+    L = mse_weight * MSE(prompt_i, E[y_i]) + qua_weight * |sum(alpha) - U| + ctc_weight * CTC(encoder, BPE)
+        + ce_weight * CE_LLM(target | ce_template with the speech prompt)
+where y_1..y_U is the transcript tokenised by the frozen LLM's tokenizer (no special tokens) and E its frozen
+input-embedding table. In training the CIF weights are scaled so that each utterance fires exactly U times (one
+vector per target token); at inference CIF fires naturally (threshold + tail rule).
+
+MSE is measured in units of the embedding table's standard deviation (the projection predicts E[y]/std and the
+prompt is that times std), so the loss weights do not depend on the LLM's embedding scale. Every loss term is a
+per-utterance mean averaged over the batch (exactly splittable across processes).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from w2p.models.encoder import build_encoder
+
+DEFAULT_CE_TEMPLATE = "Repeat the following sentence exactly.\n{speech}"
+
+
+def _pad_ids(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor([len(s) for s in seqs], dtype=torch.long, device=device)
+    out = torch.full((len(seqs), max(1, int(lens.max()))), pad, dtype=torch.long, device=device)
+    for i, s in enumerate(seqs):
+        if s:
+            out[i, :len(s)] = torch.tensor(s, dtype=torch.long, device=device)
+    return out, lens
+
+
+class Wav2Prompt(nn.Module):
+    needs_llm = True
+
+    def __init__(self, llm, encoder: dict | None = None, cif: dict | None = None, proj_hidden: int = 0,
+                 mse_weight: float = 1.0, qua_weight: float = 1.0, ctc_weight: float = 0.0, ce_weight: float = 0.0,
+                 bpe_vocab: int | None = None, ce_template: str = DEFAULT_CE_TEMPLATE, ce_target: str = "text",
+                 ce_fields: list[str] | None = None):
+        super().__init__()
+        if llm is None:
+            raise ValueError("Wav2Prompt needs the frozen LLM (its tokenizer and embedding table)")
+        from w2p.cif import CifWeightPredictor
+
+        object.__setattr__(self, "llm", llm)  # not a submodule: never saved, optimised or moved with the model
+        self.encoder = build_encoder(encoder or {})
+        d = self.encoder.output_size()
+        cif = dict(cif or {})
+        self.threshold = float(cif.pop("threshold", 1.0))
+        self.tail_threshold = float(cif.pop("tail_threshold", 0.5))
+        self.cif_backend = cif.pop("backend", "auto")
+        self.predictor = CifWeightPredictor(d, **cif)
+        D = llm.embed_dim
+        if proj_hidden:
+            self.proj = nn.Sequential(nn.Linear(d, proj_hidden), nn.GELU(), nn.Linear(proj_hidden, D))
+        else:
+            self.proj = nn.Linear(d, D)
+        self.register_buffer("emb_scale", llm.embedding_weight.detach().float().std().reshape(1).cpu())
+        self.mse_weight, self.qua_weight = float(mse_weight), float(qua_weight)
+        self.ctc_weight, self.ce_weight = float(ctc_weight), float(ce_weight)
+        self.ctc_head = None
+        if self.ctc_weight > 0:
+            if not bpe_vocab:
+                raise ValueError("ctc_weight > 0 needs model_conf.bpe_vocab (size of data/lang/bpe/bpe.model)")
+            self.bpe_vocab = int(bpe_vocab)
+            self.ctc_head = nn.Linear(d, self.bpe_vocab + 1)  # blank = last index; BPE ids unchanged
+        self.ce_template, self.ce_target = ce_template, ce_target
+        self.ce_fields = list(ce_fields or [])
+
+    # -- pieces ----------------------------------------------------------------------------------------------
+    def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor):
+        h, h_lens = self.encoder(feats, feat_lens)
+        mask = torch.arange(h.shape[1], device=h.device)[None, :] < h_lens[:, None]
+        alphas = self.predictor(h, mask)
+        return h, h_lens, alphas
+
+    def _cif(self, h, alphas, h_lens, target_lengths=None):
+        from w2p.cif import cif
+
+        return cif(h.float(), alphas.float(), h_lens, threshold=self.threshold, target_lengths=target_lengths,
+                   tail_threshold=self.tail_threshold, backend=self.cif_backend)
+
+    @torch.no_grad()
+    def prompts(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> list[torch.Tensor]:
+        """Inference: natural CIF firing -> one (U_i, embed_dim) prompt tensor per utterance."""
+        was = self.training
+        self.eval()
+        h, h_lens, alphas = self.encode(feats, feat_lens)
+        out = self._cif(h, alphas, h_lens)
+        vec = self.proj(out.out) * self.emb_scale
+        self.train(was)
+        return [vec[i, :int(n)] for i, n in enumerate(out.out_lengths)]
+
+    # -- training --------------------------------------------------------------------------------------------
+    def forward(self, batch: dict):
+        feats, feat_lens = batch["feats"], batch["feat_lens"]
+        if "llm_tokens" not in batch:
+            raise KeyError("batch has no llm_tokens: run stage 3 (w2p.bin.prepare_llm) or give the dataset an llm")
+        dev = feats.device
+        ids, U = _pad_ids(batch["llm_tokens"], 0, dev)
+        if int(U.min()) == 0:
+            bad = [u for u, n in zip(batch["utt_ids"], U.tolist()) if n == 0]
+            raise ValueError(f"empty transcript for utterance(s) {bad[:3]}: fix data/<set>/text")
+        h, h_lens, alphas = self.encode(feats, feat_lens)
+        out = self._cif(h, alphas, h_lens, target_lengths=U)
+        pred = self.proj(out.out.to(h.dtype)).float()  # (B, U_max, D) in units of emb_scale
+        with torch.no_grad():
+            tgt = self.llm.embed(ids.to(self.llm.device)).to(dev).float() / self.emb_scale
+        umask = (torch.arange(ids.shape[1], device=dev)[None, :] < U[:, None]).float()
+        # alignment of CIF outputs: out_lengths == U by construction in training
+        n = min(pred.shape[1], tgt.shape[1])
+        pred, tgt, umask = pred[:, :n], tgt[:, :n], umask[:, :n]
+        se = ((pred - tgt) ** 2).mean(-1) * umask
+        mse = (se.sum(1) / U.float()).mean()
+        alpha_sum = alphas.float().sum(1)
+        qua = (alpha_sum - U.float()).abs().mean()
+        loss = self.mse_weight * mse + self.qua_weight * qua
+        stats = {"mse": float(mse.detach()), "qua": float(qua.detach())}
+        with torch.no_grad():
+            cos = nn.functional.cosine_similarity(pred, tgt, dim=-1)
+            stats["cos"] = float(((cos * umask).sum(1) / U.float()).mean())
+            # readout accuracy in training is expensive (49k-way); only in eval
+        if self.ctc_head is not None:
+            if "bpe_tokens" not in batch:
+                raise KeyError("ctc_weight > 0 but the batch has no bpe_tokens (data/lang/bpe missing: stage 3)")
+            logp = self.ctc_head(h).float().log_softmax(-1)
+            bpe, blen = _pad_ids(batch["bpe_tokens"], 0, dev)
+            ctc = nn.functional.ctc_loss(logp.transpose(0, 1), bpe, h_lens, blen, blank=self.bpe_vocab,
+                                         reduction="none", zero_infinity=True)
+            ctc = (ctc / blen.clamp(min=1).float()).mean()
+            loss = loss + self.ctc_weight * ctc
+            stats["ctc"] = float(ctc.detach())
+        if self.ce_weight > 0:
+            speech = [pred[i, :int(U[i])] * self.emb_scale for i in range(len(U))]
+            fields = {f: batch[f] for f in self.ce_fields}
+            ce = self.llm.ce_loss(self.ce_template, speech, batch[self.ce_target], **fields).to(dev)
+            loss = loss + self.ce_weight * ce
+            stats["ce"] = float(ce.detach())
+        if not self.training:
+            stats.update(self._eval_stats(h, h_lens, alphas, pred, ids, U))
+        stats["loss"] = float(loss.detach())
+        return loss, stats
+
+    @torch.no_grad()
+    def _eval_stats(self, h, h_lens, alphas, pred, ids, U) -> dict:
+        """Natural-firing length accuracy and nearest-token readout accuracy (validation only)."""
+        nat = self._cif(h, alphas, h_lens)
+        exact = (nat.out_lengths.to(U.device) == U).float().mean()
+        W = self.llm.embedding_weight.detach().float().to(pred.device)
+        Wn = nn.functional.normalize(W, dim=-1)
+        hit = total = 0
+        for i in range(len(U)):
+            p = nn.functional.normalize(pred[i, :int(U[i])], dim=-1)
+            near = (p @ Wn.T).argmax(-1)
+            hit += int((near == ids[i, :int(U[i])]).sum())
+            total += int(U[i])
+        return {"len_exact": float(exact), "readout_acc": hit / max(1, total)}

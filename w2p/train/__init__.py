@@ -1,0 +1,1 @@
+"""Training: dump-dir dataset, length-bucketed sampler, shared trainer, snapshot averaging."""
