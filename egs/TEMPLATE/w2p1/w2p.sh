@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Wav2Prompt recipe template (ESPnet style). Recipes call it from egs/<corpus>/w2p1/run.sh.
+# Each stage is a `log` line plus one Python entry point under w2p/bin (jobs go through ${cmd}).
+# Stage blocks are delimited by "# Stage N:" headers; owners replace only their block's body.
+set -e
+set -u
+set -o pipefail
+
+log() {
+  local fname=${BASH_SOURCE[1]##*/}
+  echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+min() { local a=$1 b=$2; [ "$a" -lt "$b" ] && echo "$a" || echo "$b"; }
+SECONDS=0
+
+# ----------------------------------------------------------------------------- options
+# General
+stage=0              # first stage to run
+stop_stage=10000     # last stage to run
+nj=2                 # parallel jobs for corpus synthesis / feature extraction
+nproc=1              # CPU threads per training/decoding process
+ngpu=0               # GPUs per training job (0 = CPU)
+seed=0               # global seed (corpus generation, training)
+python=python        # python of tools/venv (path.sh activates it)
+
+# Corpus / data
+corpus=mini_en       # mini_en (synthesised with espeak-ng) or librispeech (local corpora from db.sh)
+corpus_dir=corpus    # mini_en: where stage 0 writes wavs + manifests
+max_utts=0           # cap every set at this many utterances (0 = full corpus; for quick tests)
+datadir=data         # Kaldi-style data dirs data/<set>
+dumpdir=dump         # features: ${dumpdir}/fbank/<set>
+expdir=exp           # experiments
+train_set=train
+valid_set=dev
+test_sets="test"
+tasks="st slu sqqa sqa"   # zero-shot tasks; sets <task>_fewshot and <task>_test
+resample=true        # resample audio that is not 16 kHz (false: such files are errors)
+local_data_opts=""   # extra options for prepare_data (local corpora: paths from db.sh)
+
+# LLM and systems (used by stages 3-10)
+llm=smollm2-135m     # frozen LLM: name or local path (w2p.llm.resolve_llm)
+train_config=conf/train_wav2prompt.yaml   # Wav2Prompt (stage 4)
+asr_config=conf/train_asr_ctc.yaml        # CTC ASR for the ASR->LLM cascade (stage 5)
+encllm_config=conf/train_encoder_llm.yaml # Encoder-LLM baseline (stage 5)
+nomse_config=conf/train_wav2prompt_nomse.yaml  # no-MSE ablation (stage 5)
+fewshot_config=conf/finetune_fewshot.yaml # few-shot fine-tuning (stage 7)
+decode_config=conf/decode.yaml            # decoding (stages 6, 8)
+nbpe=500
+
+help_message=$(cat << EOF
+Usage: $0 [options]
+Stages: 0 corpus | 1 data prep | 2 fbank+cmvn | 3 LLM prep | 4 Wav2Prompt training | 5 baselines
+        6 zero-shot decoding | 7 few-shot fine-tuning | 8 few-shot decoding | 9 scoring | 10 pack model
+Options (default):
+  --stage ${stage}            first stage
+  --stop_stage ${stop_stage}  last stage
+  --nj ${nj}                  parallel jobs (synthesis, features)
+  --nproc ${nproc}            CPU threads per process
+  --ngpu ${ngpu}              GPUs for training (0 = CPU)
+  --seed ${seed}              global seed
+  --corpus ${corpus}          mini_en | librispeech
+  --corpus_dir ${corpus_dir}  synthesised corpus dir (mini_en)
+  --max_utts ${max_utts}      cap each set (0 = full; for quick tests)
+  --datadir ${datadir} --dumpdir ${dumpdir} --expdir ${expdir}
+  --train_set ${train_set} --valid_set ${valid_set} --test_sets "${test_sets}"
+  --tasks "${tasks}"          zero-shot tasks (sets <task>_fewshot, <task>_test)
+  --resample ${resample}      resample non-16 kHz audio (false: error)
+  --local_data_opts "..."     extra prepare_data options (local corpus paths)
+  --llm ${llm}                frozen LLM
+  --train_config ${train_config}
+  --asr_config ${asr_config}
+  --encllm_config ${encllm_config}
+  --nomse_config ${nomse_config}
+  --fewshot_config ${fewshot_config}
+  --decode_config ${decode_config}
+  --nbpe ${nbpe}              BPE size for the CTC ASR
+EOF
+)
+
+log "$0 $*"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck disable=SC1091
+. "${here}/utils/parse_options.sh"
+[ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; echo "${help_message}" >&2; exit 1; }
+
+# shellcheck disable=SC1091
+. ./path.sh
+# shellcheck disable=SC1091
+. ./cmd.sh
+
+task_sets=""
+for t in ${tasks}; do task_sets+="${t}_fewshot ${t}_test "; done
+asr_sets="${train_set} ${valid_set} ${test_sets}"
+all_sets="${asr_sets} ${task_sets}"
+fbankdir=${dumpdir}/fbank
+
+# Validate data dirs (kind data|dump); $1 = hint naming the stage that makes them.
+validate() {
+  local kind=$1 hint=$2; shift 2
+  local dirs=()
+  for s in "$@"; do dirs+=("$s"); done
+  ${python} -m w2p.bin.validate_data_dir --kind "${kind}" --hint "${hint}" "${dirs[@]}" >/dev/null
+}
+prefixed() { local p=$1; shift; for s in "$@"; do echo -n "${p}/${s} "; done; }
+
+# ============================================================================ Stage 0: corpus
+if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
+  if [ "${corpus}" = mini_en ]; then
+    log "Stage 0: synthesise the mini_en corpus with espeak-ng into ${corpus_dir} (nj=${nj})"
+    ${cmd} JOB=1:${nj} ${corpus_dir}/log/synth.JOB.log \
+      ${python} -m w2p.bin.synth_mini_en --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} --nj ${nj} --job JOB
+    ${python} -m w2p.bin.synth_mini_en --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} --finalize
+  else
+    log "Stage 0: check the local corpora named in db.sh"
+    # shellcheck disable=SC2086
+    ${python} -m w2p.bin.prepare_data --corpus ${corpus} --sets ${all_sets} --check_only ${local_data_opts}
+  fi
+fi
+
+# ============================================================================ Stage 1: data prep
+if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+  log "Stage 1: data preparation -> ${datadir}/{$(echo ${all_sets} | tr ' ' ,)}"
+  if [ "${corpus}" = mini_en ] && [ ! -f "${corpus_dir}/stats.json" ]; then
+    echo "$0: ${corpus_dir}/stats.json missing: the corpus is not synthesised; run stage 0 first" >&2; exit 1
+  fi
+  # shellcheck disable=SC2086
+  ${python} -m w2p.bin.prepare_data --corpus ${corpus} --src ${corpus_dir} --out ${datadir} \
+    --sets ${all_sets} --max_utts ${max_utts} ${local_data_opts}
+fi
+
+# ============================================================================ Stage 2: fbank + CMVN
+if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
+  log "Stage 2: 80-dim fbank -> ${fbankdir}/<set> (nj=${nj}), global CMVN -> ${fbankdir}/${train_set}/cmvn.npz"
+  # shellcheck disable=SC2046
+  validate data "run stage 1 (data prep) first" $(prefixed ${datadir} ${all_sets})
+  ${cmd} JOB=1:${nj} ${fbankdir}/log/fbank.JOB.log \
+    ${python} -m w2p.bin.make_fbank --data_dir ${datadir} --dump_dir ${fbankdir} --sets ${all_sets} \
+      --nj ${nj} --job JOB --resample ${resample}
+  ${python} -m w2p.bin.make_fbank --data_dir ${datadir} --dump_dir ${fbankdir} --sets ${all_sets} --nj ${nj} --merge
+  ${python} -m w2p.bin.compute_cmvn --feats ${fbankdir}/${train_set}/feats.scp --out ${fbankdir}/${train_set}/cmvn.npz
+fi
+
+# ============================================================================ Stage 3: LLM prep
+if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
+  log "Stage 3: LLM prep (${llm}): cache, tokenise transcripts, BPE for CTC"
+  # shellcheck disable=SC2046
+  validate dump "run stage 2 (features) first" $(prefixed ${fbankdir} ${all_sets})
+  echo "$0: stage 3 not implemented yet" >&2; exit 1
+fi
+
+# ============================================================================ Stage 4: Wav2Prompt training
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+  log "Stage 4: Wav2Prompt training (${train_config})"
+  validate dump "run stages 2-3 first" ${fbankdir}/${train_set} ${fbankdir}/${valid_set}
+  echo "$0: stage 4 not implemented yet" >&2; exit 1
+fi
+
+# ============================================================================ Stage 5: baselines
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+  log "Stage 5: baselines: CTC ASR (${asr_config}), Encoder-LLM (${encllm_config}), no-MSE (${nomse_config})"
+  validate dump "run stages 2-3 first" ${fbankdir}/${train_set} ${fbankdir}/${valid_set}
+  echo "$0: stage 5 not implemented yet" >&2; exit 1
+fi
+
+# ============================================================================ Stage 6: zero-shot decoding
+if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
+  log "Stage 6: zero-shot decoding of every system on ${task_sets}${test_sets}"
+  # shellcheck disable=SC2046
+  validate dump "run stage 2 first" $(prefixed ${fbankdir} ${test_sets} ${task_sets})
+  echo "$0: stage 6 not implemented yet" >&2; exit 1
+fi
+
+# ============================================================================ Stage 7: few-shot fine-tuning
+if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
+  log "Stage 7: few-shot fine-tuning (${fewshot_config})"
+  # shellcheck disable=SC2046
+  validate dump "run stage 2 first" $(for t in ${tasks}; do echo -n "${fbankdir}/${t}_fewshot "; done)
+  echo "$0: stage 7 not implemented yet" >&2; exit 1
+fi
+
+# ============================================================================ Stage 8: few-shot decoding
+if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
+  log "Stage 8: decoding of the fine-tuned models"
+  # shellcheck disable=SC2046
+  validate dump "run stage 2 first" $(for t in ${tasks}; do echo -n "${fbankdir}/${t}_test "; done)
+  echo "$0: stage 8 not implemented yet" >&2; exit 1
+fi
+
+# ============================================================================ Stage 9: scoring
+if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
+  log "Stage 9: scoring -> RESULTS.md"
+  echo "$0: stage 9 not implemented yet" >&2; exit 1
+fi
+
+# ============================================================================ Stage 10: pack model
+if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
+  log "Stage 10: pack a trained model for the inference CLI"
+  echo "$0: stage 10 not implemented yet" >&2; exit 1
+fi
+
+log "Successfully finished. [elapsed=${SECONDS}s]"

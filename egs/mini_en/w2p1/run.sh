@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# mini_en: espeak-ng synthesised English (ASR) + zero-shot ST/SLU/SQQA/SQA sets; runs offline on CPU.
+set -e
+set -u
+set -o pipefail
+
+./w2p.sh \
+  --corpus mini_en \
+  --train_set train --valid_set dev --test_sets "test" \
+  --tasks "st slu sqqa sqa" \
+  --llm smollm2-135m \
+  --train_config conf/train_wav2prompt.yaml \
+  --asr_config conf/train_asr_ctc.yaml \
+  --encllm_config conf/train_encoder_llm.yaml \
+  --nomse_config conf/train_wav2prompt_nomse.yaml \
+  --fewshot_config conf/finetune_fewshot.yaml \
+  --decode_config conf/decode.yaml \
+  "$@"

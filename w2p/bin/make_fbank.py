@@ -1,0 +1,48 @@
+"""Stage 2: 80-dim fbank for data/<set> dirs into dump/fbank/<set> (job J of N, or --merge).
+
+Jobs (e.g. through run.pl ``JOB=1:N``) each write one ark/scp shard per set; ``--merge`` joins the
+shards, copies the per-utterance files and validates each dump dir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from w2p import features
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data_dir", required=True, help="root holding data/<set>")
+    ap.add_argument("--dump_dir", required=True, help="root for dump/fbank/<set>")
+    ap.add_argument("--sets", nargs="+", required=True)
+    ap.add_argument("--nj", type=int, default=1)
+    ap.add_argument("--job", type=int, default=0, help="1..nj; 0 = run every job here, then merge")
+    ap.add_argument("--merge", action="store_true", help="merge the nj shards of each set")
+    ap.add_argument("--resample", default="true", choices=["true", "false"],
+                    help="resample audio whose rate is not 16 kHz (false: such files are errors)")
+    ap.add_argument("--on_error", default="skip", choices=["skip", "error"],
+                    help="bad audio/features: log and skip the utterance, or stop")
+    ap.add_argument("--max_skip_ratio", type=float, default=0.05, help="merge fails above this skipped fraction")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if a.nj < 1 or not 0 <= a.job <= a.nj:
+        ap.error(f"need 1 <= nj and 0 <= job <= nj (got nj={a.nj}, job={a.job})")
+    jobs = [a.job] if a.job else ([] if a.merge else range(1, a.nj + 1))
+    for s in a.sets:
+        src, dst = os.path.join(a.data_dir, s), os.path.join(a.dump_dir, s)
+        for j in jobs:
+            features.extract_job(src, dst, a.nj, j, resample_ok=a.resample == "true", on_error=a.on_error)
+    if a.merge or a.job == 0:
+        for s in a.sets:
+            src, dst = os.path.join(a.data_dir, s), os.path.join(a.dump_dir, s)
+            summary = features.merge(src, dst, a.nj, max_skip_ratio=a.max_skip_ratio)
+            logging.info("%s: %s", dst, json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Stage 0 of egs/mini_en: generate the mini_en text (seeded) and speak it with espeak-ng.
+
+Run as N parallel jobs (``--nj N --job J``, J = 1..N, e.g. through run.pl), then once with
+``--finalize`` which checks that every wav exists and writes the manifests
+``<corpus>/<set>.jsonl`` (id, spk, wav, dur, text, ref, question, slots) and ``<corpus>/stats.json``.
+Re-running is safe: existing valid wavs are kept, missing ones are synthesised.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import soundfile as sf
+
+from w2p.data import mini_en
+from w2p.data.audio import write_wav_atomic
+from w2p.data.datadir import write_atomic
+from w2p.data.synth import check_espeak, draw_speakers, synthesize
+
+log = logging.getLogger("synth_mini_en")
+
+
+def plan(seed: int, max_utts: int | None, corpus: str) -> list[dict]:
+    """Every utterance of every set with its voice and output path, in a fixed order."""
+    sizes = dict(mini_en.DEFAULT_SIZES)
+    if max_utts:
+        sizes = {k: min(v, max_utts) for k, v in sizes.items()}
+    sets = mini_en.generate(seed, sizes)
+    flat = [(s, i, it) for s in mini_en.ALL_SETS for i, it in enumerate(sets[s])]
+    spk = draw_speakers(len(flat), seed + 1)
+    out = []
+    corpus = os.path.abspath(corpus)
+    for (s, i, it), v in zip(flat, spk):
+        uid = f"{v['spk']}-{s}-{i:05d}"
+        out.append({"id": uid, "set": s, "item": it, **v, "wav": os.path.join(corpus, "wav", s, f"{uid}.wav")})
+    return out
+
+
+def _valid_wav(path: str) -> bool:
+    try:
+        return sf.info(path).frames > 0
+    except Exception:
+        return False
+
+
+def run_job(utts: list[dict], nj: int, job: int) -> int:
+    check_espeak()
+    done = 0
+    t0 = time.time()
+    mine = utts[job - 1::nj]
+    for u in mine:
+        if _valid_wav(u["wav"]):
+            continue
+        x = synthesize(u["item"].text, u["voice"], u["variant"], u["speed"], u["pitch"])
+        write_wav_atomic(u["wav"], x, 16000)
+        done += 1
+    log.info("job %d/%d: %d utterances (%d synthesised, %d already present) in %.1fs",
+             job, nj, len(mine), done, len(mine) - done, time.time() - t0)
+    return done
+
+
+def finalize(utts: list[dict], corpus: str, seed: int) -> dict:
+    missing = [u for u in utts if not _valid_wav(u["wav"])]
+    if missing:
+        raise SystemExit(f"synth_mini_en: {len(missing)} wavs missing or unreadable, e.g. {missing[0]['wav']} "
+                         f"(utterance {missing[0]['id']}); re-run stage 0 to synthesise them")
+    by_set: dict[str, list[str]] = {}
+    secs: dict[str, float] = {}
+    for u in utts:
+        it = u["item"]
+        dur = sf.info(u["wav"]).duration
+        secs[u["set"]] = secs.get(u["set"], 0.0) + dur
+        rec = {"id": u["id"], "spk": u["spk"], "wav": u["wav"], "dur": round(dur, 3), "text": it.text,
+               "voice": u["voice"], "variant": u["variant"], "speed": u["speed"], "pitch": u["pitch"],
+               "family": it.family}
+        # ASR sets mix all families: their references would be partial files, so only task sets carry them
+        for k in ("ref", "question", "slots") if u["set"] in mini_en.TASK_SETS else ():
+            if getattr(it, k) is not None:
+                rec[k] = getattr(it, k)
+        by_set.setdefault(u["set"], []).append(json.dumps(rec, ensure_ascii=False) + "\n")
+    for s, lines in by_set.items():
+        write_atomic(os.path.join(corpus, f"{s}.jsonl"), "".join(lines))
+    write_atomic(os.path.join(corpus, "intents"), "".join(f"{i}\n" for i in mini_en.INTENTS))
+    words = {w.lower().strip("?") for u in utts for w in u["item"].text.split()}
+    stats = {"seed": seed, "utterances": {s: len(v) for s, v in by_set.items()},
+             "total_utterances": len(utts), "vocabulary_size": len(words),
+             "hours": {s: round(v / 3600, 4) for s, v in secs.items()},
+             "total_hours": round(sum(secs.values()) / 3600, 4),
+             "speakers": len({u["spk"] for u in utts})}
+    write_atomic(os.path.join(corpus, "stats.json"), json.dumps(stats, indent=1) + "\n")
+    return stats
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", required=True, help="output directory (wav/<set>/*.wav + manifests)")
+    ap.add_argument("--seed", type=int, default=0, help="text and voice seed (the corpus is a function of it)")
+    ap.add_argument("--max_utts", type=int, default=0, help="cap every set at this size (0 = full corpus; tests)")
+    ap.add_argument("--nj", type=int, default=1, help="number of parallel jobs the work is split into")
+    ap.add_argument("--job", type=int, default=0, help="this job's index 1..nj (0 = do all jobs' work here)")
+    ap.add_argument("--finalize", action="store_true", help="check the wavs and write manifests + stats.json")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if a.nj < 1 or not 0 <= a.job <= a.nj:
+        ap.error(f"need 1 <= nj and 0 <= job <= nj (got nj={a.nj}, job={a.job})")
+    # the stamp pins seed/max_utts: a corpus dir is never silently mixed from two configurations
+    stamp = os.path.join(a.corpus, ".config.json")
+    cfg = {"seed": a.seed, "max_utts": a.max_utts, "generator": "mini_en-v1"}
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            old = json.load(f)
+        if old != cfg:
+            raise SystemExit(f"synth_mini_en: {a.corpus} was generated with {old}, not {cfg}; "
+                             f"remove {a.corpus} or use the same options")
+    else:
+        write_atomic(stamp, json.dumps(cfg) + "\n")
+    utts = plan(a.seed, a.max_utts or None, a.corpus)
+    if a.finalize:
+        stats = finalize(utts, a.corpus, a.seed)
+        log.info("corpus ready: %s", json.dumps(stats))
+        return 0
+    jobs = [a.job] if a.job else range(1, a.nj + 1)
+    for j in jobs:
+        run_job(utts, a.nj, j)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

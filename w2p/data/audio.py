@@ -1,0 +1,122 @@
+"""Audio reading with clear errors, a windowed-sinc resampler (no scipy/torchaudio here) and atomic writes."""
+from __future__ import annotations
+
+import math
+import os
+import struct
+from functools import lru_cache
+
+import numpy as np
+import soundfile as sf
+
+
+class AudioError(Exception):
+    """A bad audio file; the message names the utterance, the file and the fix."""
+
+
+def _where(path: str, utt: str | None) -> str:
+    return (f"utterance {utt!r}, " if utt else "") + f"file {path!r}"
+
+
+@lru_cache(maxsize=64)
+def _sinc_table(up: int, down: int, zeros: int, rolloff: float, beta: float):
+    """Polyphase filter table (up, taps) and the first tap offset, for output phase p = (n*down) % up."""
+    cutoff = rolloff * min(1.0, up / down)  # fraction of the input Nyquist kept
+    half = int(math.ceil(zeros / cutoff))
+    k = np.arange(-half + 1, half + 1, dtype=np.float64)  # taps relative to floor(t)
+    frac = np.arange(up, dtype=np.float64)[:, None] / up  # fractional input position of each phase
+    x = k[None, :] - frac  # distance (in input samples) between tap and the exact position
+    win = np.i0(beta * np.sqrt(np.clip(1.0 - (x / half) ** 2, 0.0, None))) / np.i0(beta)
+    h = cutoff * np.sinc(cutoff * x) * win
+    return h.astype(np.float64), int(k[0])
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int, *, zeros: int = 16, rolloff: float = 0.945,
+             beta: float = 8.6) -> np.ndarray:
+    """Band-limited resampling of a 1-D signal (Kaiser-windowed sinc, exact rational ratio)."""
+    if sr_in == sr_out:
+        return x
+    x = np.asarray(x, dtype=np.float64)
+    g = math.gcd(int(sr_in), int(sr_out))
+    up, down = sr_out // g, sr_in // g
+    h, k0 = _sinc_table(up, down, zeros, rolloff, beta)
+    n_out = int(math.ceil(len(x) * up / down))
+    taps = h.shape[1]
+    pad_l = -k0
+    xp = np.concatenate([np.zeros(pad_l), x, np.zeros(taps)])
+    out = np.empty(n_out, dtype=np.float64)
+    step = 8192  # bounded memory for long files
+    for s in range(0, n_out, step):
+        n = np.arange(s, min(n_out, s + step))
+        base = (n * down) // up
+        phase = (n * down) % up
+        idx = base[:, None] + np.arange(taps)[None, :]  # + k0 + pad_l == + 0
+        out[s:s + len(n)] = np.einsum("ij,ij->i", xp[idx], h[phase])
+    return out
+
+
+def _check_wav_truncation(path: str, utt: str | None) -> None:
+    """A RIFF/WAVE whose data chunk claims more bytes than the file holds was cut off."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        while True:
+            ch = f.read(8)
+            if len(ch) < 8:
+                return
+            cid, clen = ch[:4], struct.unpack("<I", ch[4:])[0]
+            if cid == b"data":
+                if clen != 0xFFFFFFFF and f.tell() + clen > size:
+                    raise AudioError(f"{_where(path, utt)}: truncated WAV (header says {clen} data bytes, only "
+                                     f"{size - f.tell()} present). Fix: re-create or re-download the file.")
+                return
+            f.seek(clen + (clen & 1), 1)
+
+
+def load_audio(path: str, *, target_sr: int = 16000, resample_ok: bool = True, utt: str | None = None,
+               min_samples: int = 400) -> np.ndarray:
+    """Read a file as mono float32 at target_sr in [-1, 1].
+
+    Raises AudioError naming the utterance and file for: a missing or unreadable file, a corrupt or
+    truncated file, empty audio (fewer than ``min_samples`` samples, i.e. shorter than one 25 ms frame),
+    non-finite samples, or a sample rate != target_sr when resampling is disabled.
+    """
+    if not os.path.exists(path):
+        raise AudioError(f"{_where(path, utt)}: audio file does not exist. Fix: check the corpus path in db.sh "
+                         f"or re-run the corpus/data-prep stage (stage 0/1).")
+    if not os.access(path, os.R_OK):
+        raise AudioError(f"{_where(path, utt)}: audio file is not readable (permissions). Fix: chmod +r it.")
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"{_where(path, utt)}: empty (zero-byte) audio file. Fix: re-create or drop it.")
+    if path.lower().endswith(".wav"):
+        _check_wav_truncation(path, utt)
+    try:
+        x, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError/TypeError depending on the damage
+        hint = ""
+        if path.lower().endswith(".mp3") and "MP3" not in sf.available_formats():
+            hint = " Your libsndfile cannot decode mp3: install soundfile>=0.12 (bundles libsndfile>=1.1) or convert with sox/ffmpeg."
+        raise AudioError(f"{_where(path, utt)}: cannot decode audio ({e}). The file is corrupt or not audio.{hint}") from e
+    x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    if len(x) < min_samples:
+        raise AudioError(f"{_where(path, utt)}: audio too short ({len(x)} samples at {sr} Hz; need >= "
+                         f"{min_samples}). Fix: drop this utterance from the data dir.")
+    if not np.isfinite(x).all():
+        raise AudioError(f"{_where(path, utt)}: audio contains NaN/inf samples. Fix: re-create the file.")
+    if sr != target_sr:
+        if not resample_ok:
+            raise AudioError(f"{_where(path, utt)}: sample rate {sr} Hz != {target_sr} Hz and resampling is off. "
+                             f"Fix: enable resampling (--resample true) or convert: sox in.wav -r {target_sr} out.wav")
+        x = resample(x, sr, target_sr).astype(np.float32)
+    return x
+
+
+def write_wav_atomic(path: str, x: np.ndarray, sr: int = 16000) -> None:
+    """16-bit PCM mono wav written to a temp file then renamed, so readers never see half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.wav"
+    pcm = np.clip(np.round(np.asarray(x, dtype=np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+    sf.write(tmp, pcm, sr, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)
