@@ -7,7 +7,9 @@
 //             for dL/dS_t; then one block per row for the reverse prefix sum -> grad_alphas
 // No dense (B, U, T) matrix, no per-time-step launches, all launches on the current stream.
 // The forward reads the row plans back to size the output (one small device->host copy).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
