@@ -1,0 +1,210 @@
+"""Benchmark the CIF backends: ext (C++/CUDA op), torch-vectorised, reference loop, torch-cif.
+
+    python -m w2p.bin.benchmark_cif [--device cpu|cuda] [--json out.json] [--shapes 8x250x512,...] [--repeats N]
+
+For every shape (B, T, C) and backend it prints the median forward ms, forward+backward ms and the
+peak extra memory of one forward+backward (CUDA: allocator peak; CPU: peak of the live tensor bytes
+recorded by the torch profiler at op granularity).  The workload is the training call: alphas in [0.05, 0.95],
+lengths 80-100% of T, target_lengths = floor(sum alpha), grad of (out * w).sum().  The reference
+loop is slow: it runs once (1 repeat) and only on shapes with B*T <= --reference-max-frames; its
+other cells are printed as "skipped".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+DEFAULT_SHAPES = "8x250x512,16x500x512,16x500x1024,32x1000x1024"
+BACKENDS = ("ext", "torch", "reference", "torch-cif")
+LABELS = {"ext": "ext", "torch": "torch-vectorised", "reference": "reference loop", "torch-cif": "torch-cif 0.2.0"}
+
+
+def parse_shapes(text: str):
+    shapes = []
+    for part in text.split(","):
+        try:
+            b, t, c = (int(x) for x in part.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"benchmark_cif: bad shape {part!r}; use BxTxC, e.g. 16x500x512") from None
+        shapes.append((b, t, c))
+    return shapes
+
+
+def make_inputs(shape, device, dtype, seed=0):
+    B, T, C = shape
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, C, generator=g, dtype=dtype)
+    alphas = (torch.rand(B, T, generator=g) * 0.9 + 0.05).to(dtype)
+    lengths = torch.randint(int(0.8 * T), T + 1, (B,), generator=g)
+    lengths[0] = T
+    valid = torch.arange(T)[None] < lengths[:, None]
+    target = (alphas.double() * valid).sum(1).floor().long().clamp_min(1)
+    w = torch.randn(B, int(target.max()), C, generator=g, dtype=dtype)
+    return [x.to(device) for x in (hidden, alphas, lengths, target, w)]
+
+
+def make_fn(backend, hidden, alphas, lengths, target):
+    from w2p.cif import cif
+
+    if backend == "torch-cif":
+        from torch_cif import cif_function
+
+        pad = torch.arange(hidden.shape[1], device=hidden.device)[None] >= lengths[:, None]
+        return lambda h, a: cif_function(h, a, padding_mask=pad, target_lengths=target)["cif_out"][0]
+    return lambda h, a: cif(h, a, lengths, target_lengths=target, backend=backend).out
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device, repeats):
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), min(times)
+
+
+def peak_extra_bytes(step, device):
+    """Peak bytes allocated above the level before `step` ran."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    # allocations are attributed to the op that made them (self bytes), frees after an op show
+    # up as "[memory]" events: replaying them in time order gives the live-bytes curve at op
+    # granularity (buffers a C++ op allocates outside the torch allocator are not seen)
+    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
+                    if e.self_cpu_memory_usage)
+    live = peak = 0
+    for _, delta in events:
+        live += delta
+        peak = max(peak, live)
+    return peak
+
+
+def bench_one(backend, shape, device, dtype, repeats):
+    hidden, alphas, lengths, target, w = make_inputs(shape, device, dtype)
+    fn = make_fn(backend, hidden, alphas, lengths, target)
+    h = hidden.clone().requires_grad_()
+    a = alphas.clone().requires_grad_()
+
+    def fwd():
+        return fn(h, a)
+
+    def fwd_bwd():
+        out = fn(h, a)
+        torch.autograd.grad((out * w[:, : out.shape[1]]).sum(), (h, a))
+
+    warm = repeats > 1
+    if warm:
+        fwd_bwd()
+    f_ms, f_min = time_call(fwd, device, repeats)
+    fb_ms, fb_min = time_call(fwd_bwd, device, repeats)
+    peak = peak_extra_bytes(fwd_bwd, device)
+    return {"fwd_ms": f_ms, "fwd_bwd_ms": fb_ms, "fwd_min_ms": f_min, "fwd_bwd_min_ms": fb_min,
+            "peak_extra_mb": peak / 2**20, "repeats": repeats}
+
+
+def format_table(results, shapes):
+    lines = [f"{'shape (B,T,C)':<18} {'backend':<17} {'fwd ms med/min':>16} {'fwd+bwd ms med/min':>20}"
+             f" {'peak extra MB':>14} {'ext speed-up (fwd+bwd med)':>27}"]
+    for shape in shapes:
+        key = "x".join(map(str, shape))
+        ext = results.get(key, {}).get("ext")
+        for backend in BACKENDS:
+            r = results.get(key, {}).get(backend)
+            name = f"({shape[0]},{shape[1]},{shape[2]})"
+            if r is None:
+                continue
+            if "skipped" in r:
+                lines.append(f"{name:<18} {LABELS[backend]:<17} {'skipped: ' + r['skipped']:>51}")
+                continue
+            speed = ""
+            if ext and "fwd_bwd_ms" in ext and backend != "ext":
+                speed = f"{r['fwd_bwd_ms'] / ext['fwd_bwd_ms']:.1f}x"
+            note = " (1 run)" if r["repeats"] == 1 else ""
+            fwd = f"{r['fwd_ms']:.2f}/{r['fwd_min_ms']:.2f}"
+            fb = f"{r['fwd_bwd_ms']:.2f}/{r['fwd_bwd_min_ms']:.2f}"
+            lines.append(f"{name:<18} {LABELS[backend]:<17} {fwd:>16} {fb:>20}"
+                         f" {r['peak_extra_mb']:>14.1f} {speed:>27}{note}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
+    p.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"comma-separated BxTxC (default {DEFAULT_SHAPES})")
+    p.add_argument("--repeats", type=int, default=10, help="timed repeats per cell (median reported)")
+    p.add_argument("--backends", default=",".join(BACKENDS), help=f"subset of {','.join(BACKENDS)}")
+    p.add_argument("--reference-max-frames", type=int, default=8000,
+                   help="run the reference loop only where B*T <= this (default 8000; -1: always)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0: torch's default); 1 is steadier on a shared machine")
+    p.add_argument("--json", help="also write the results here (atomically)")
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmark_cif: --device cuda requested but torch has no CUDA device here")
+    dtype = getattr(torch, args.dtype)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    shapes = parse_shapes(args.shapes)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        raise SystemExit(f"benchmark_cif: unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    import w2p  # noqa: F401  (torch first, then the extension)
+    from w2p import _ext
+
+    _ext.load()
+    results = {}
+    for shape in shapes:
+        key = "x".join(map(str, shape))
+        results[key] = {}
+        for backend in backends:
+            if backend == "reference" and args.reference_max_frames >= 0 and shape[0] * shape[1] > args.reference_max_frames:
+                results[key][backend] = {"skipped": f"B*T > {args.reference_max_frames} (slow loop)"}
+                continue
+            repeats = 1 if backend == "reference" else args.repeats
+            try:
+                results[key][backend] = bench_one(backend, shape, device, dtype, repeats)
+            except (RuntimeError, ValueError, AssertionError, ImportError) as exc:
+                results[key][backend] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"}
+            print(f"done {key} {backend}", file=sys.stderr, flush=True)
+    header = (f"CIF benchmark: device={device}, dtype={args.dtype}, threads={torch.get_num_threads()}, "
+              f"repeats={args.repeats} (median/min; reference loop 1 run), training call with target_lengths")
+    print(header)
+    print(format_table(results, shapes))
+    if args.json:
+        payload = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
+                   "torch": torch.__version__, "results": results}
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
