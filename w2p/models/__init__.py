@@ -23,3 +23,35 @@ def build_model(name: str, conf: dict, llm=None):
     """Instantiate model ``name`` with ``conf`` (its YAML ``model_conf``) and the frozen LLM (or None)."""
     cls = model_class(name)
     return cls(llm, **dict(conf or {}))
+
+
+def load_trained(exp_dir: str, llm=None, *, checkpoint: str | None = None, device="cpu"):
+    """Rebuild a trained system from ``exp_dir/config.yaml`` and load ``model.pt`` (weights_only) into it.
+
+    Returns (model in eval mode, config dict). The encoder's CMVN statistics are buffers of the state_dict, so
+    the cmvn.npz named in the config is not needed here."""
+    import os
+
+    import torch
+    import yaml
+
+    cfg_path = os.path.join(exp_dir, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{cfg_path} not found (train the system first)")
+    with open(cfg_path, encoding="utf-8") as f:
+        conf = yaml.safe_load(f)
+    model_conf = dict(conf.get("model_conf") or {})
+    if isinstance(model_conf.get("encoder"), dict):
+        model_conf["encoder"] = {k: v for k, v in model_conf["encoder"].items() if k != "cmvn"}
+    model = build_model(conf["model"], model_conf, llm)
+    path = checkpoint or os.path.join(exp_dir, "model.pt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found (training did not finish?)")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), conf

@@ -1,0 +1,90 @@
+"""Wav2Prompt: losses, exact firing in training, natural firing at inference, gradients to the encoder only."""
+import pytest
+import torch
+from conftest import TINY_ENCODER
+
+from w2p.models import build_model
+from w2p.train.dataset import DumpDataset, collate
+
+
+def _model(llm, **kw):
+    torch.manual_seed(0)
+    conf = {"encoder": dict(TINY_ENCODER), "cif": {"dropout": 0.0}, **kw}
+    return build_model("wav2prompt", conf, llm)
+
+
+def _batch(tiny_recipe, llm, n=4):
+    ds = DumpDataset(f"{tiny_recipe}/dump/fbank/train", llm=llm)
+    return collate([ds[i] for i in range(n)])
+
+
+def _fingerprint(llm):
+    return [float(p.double().sum()) for p in llm.model.parameters()]
+
+
+def test_grads_reach_encoder_and_llm_stays_frozen(llm, tiny_recipe):
+    model = _model(llm, ce_weight=1.0, mse_weight=1.0, qua_weight=1.0)
+    batch = _batch(tiny_recipe, llm)
+    before = _fingerprint(llm)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss, stats = model(batch)
+    loss.backward()
+    assert {"mse", "qua", "ce", "cos", "loss"} <= set(stats)
+    assert stats["ce"] > 0 and stats["mse"] > 0
+    enc_grads = [p.grad for n, p in model.named_parameters() if n.startswith("encoder.conformer.")]
+    assert enc_grads and all(g is not None for g in enc_grads)
+    assert sum(float(g.abs().sum()) for g in enc_grads) > 0
+    assert model.predictor.proj.weight.grad.abs().sum() > 0  # quantity loss reaches the weight predictor
+    opt.step()
+    assert all(p.grad is None for p in llm.model.parameters())
+    assert _fingerprint(llm) == before
+    # the LLM is never part of the model's state or parameters
+    assert not any(k.startswith("llm") for k in model.state_dict())
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+
+
+def test_training_fires_exactly_once_per_target_token(llm, tiny_recipe):
+    model = _model(llm)
+    batch = _batch(tiny_recipe, llm)
+    h, h_lens, alphas = model.encode(batch["feats"], batch["feat_lens"])
+    U = torch.tensor([len(t) for t in batch["llm_tokens"]])
+    out = model._cif(h, alphas, h_lens, target_lengths=U)
+    assert torch.equal(out.out_lengths.cpu(), U)
+    # inference fires naturally: count follows sum(alpha), not U
+    prompts = model.prompts(batch["feats"], batch["feat_lens"])
+    assert len(prompts) == 4 and all(p.shape[1] == llm.embed_dim for p in prompts)
+    sums = alphas.detach().sum(1)
+    for p, s in zip(prompts, sums):
+        assert abs(p.shape[0] - float(s)) <= 1.0
+
+
+def test_mse_learns_targets_on_one_batch(llm, tiny_recipe):
+    model = _model(llm, qua_weight=0.5)
+    batch = _batch(tiny_recipe, llm)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(30):
+        loss, stats = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else stats["mse"]
+    assert stats["mse"] < 0.8 * first
+    model.eval()
+    _, ev = model(batch)
+    assert {"len_exact", "readout_acc"} <= set(ev)
+
+
+def test_ctc_branch_and_config_errors(llm, tiny_recipe):
+    with pytest.raises(ValueError, match="bpe_vocab"):
+        _model(llm, ctc_weight=0.3)
+    model = _model(llm, ctc_weight=0.3, bpe_vocab=20)
+    batch = _batch(tiny_recipe, llm)
+    batch["bpe_tokens"] = [[i % 20 for i in range(len(t))] for t in batch["llm_tokens"]]
+    loss, stats = model(batch)
+    loss.backward()
+    assert stats["ctc"] > 0 and model.ctc_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs the frozen LLM"):
+        build_model("wav2prompt", {"encoder": dict(TINY_ENCODER)}, None)
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("nope", {}, llm)
