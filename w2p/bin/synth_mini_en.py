@@ -8,6 +8,7 @@ Re-running is safe: existing valid wavs are kept, missing ones are synthesised.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -107,9 +108,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.nj < 1 or not 0 <= a.job <= a.nj:
         ap.error(f"need 1 <= nj and 0 <= job <= nj (got nj={a.nj}, job={a.job})")
-    # the stamp pins seed/max_utts: a corpus dir is never silently mixed from two configurations
+    utts = plan(a.seed, a.max_utts or None, a.corpus)
+    # the stamp pins the exact plan (texts, voices): a corpus dir is never silently mixed from two
+    # configurations or generator versions, since existing wavs are reused on re-runs
+    digest = hashlib.sha256(json.dumps([(u["id"], u["item"].text, u["voice"], u["variant"], u["speed"], u["pitch"])
+                                        for u in utts]).encode()).hexdigest()[:16]
     stamp = os.path.join(a.corpus, ".config.json")
-    cfg = {"seed": a.seed, "max_utts": a.max_utts, "generator": "mini_en-v1"}
+    cfg = {"seed": a.seed, "max_utts": a.max_utts, "plan_sha256": digest}
     if os.path.exists(stamp):
         with open(stamp) as f:
             old = json.load(f)
@@ -118,7 +123,6 @@ def main(argv=None) -> int:
                              f"remove {a.corpus} or use the same options")
     else:
         write_atomic(stamp, json.dumps(cfg) + "\n")
-    utts = plan(a.seed, a.max_utts or None, a.corpus)
     if a.finalize:
         stats = finalize(utts, a.corpus, a.seed)
         log.info("corpus ready: %s", json.dumps(stats))

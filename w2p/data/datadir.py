@@ -126,7 +126,8 @@ def validate_data_dir(path: str, kind: str = "data", *, check_files: bool = Fals
             problems.append(f"{fname}: not sorted (line {bad + 1}: {keys[bad]!r} after {keys[bad - 1]!r}); "
                             "sort it with LC_ALL=C sort")
         maps[fname] = OrderedDict(lines)
-    ref_name = "utt2spk"
+    # compare every per-utt file against the audio/feature index (the file the others describe)
+    ref_name = next(n for n in ("wav.scp", "feats.scp", "utt2spk") if n in maps)
     ref_keys = set(maps[ref_name])
     for fname, m in maps.items():
         if fname == ref_name:
@@ -143,7 +144,7 @@ def validate_data_dir(path: str, kind: str = "data", *, check_files: bool = Fals
             problems.append(msg + f" ({len(ks ^ ref_keys)} differ)")
     # spk2utt must be exactly the inverse of utt2spk
     spk2utt = read_kv(os.path.join(path, "spk2utt"))
-    want = spk2utt_from_utt2spk(maps[ref_name])
+    want = spk2utt_from_utt2spk(maps["utt2spk"])
     if dict(spk2utt) != want:
         problems.append("spk2utt is not the inverse of utt2spk; regenerate it from utt2spk")
     if "slots" in maps:

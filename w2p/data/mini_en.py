@@ -38,7 +38,8 @@ TASKS = ("st", "slu", "sqqa", "sqa")
 TASK_SETS = tuple(f"{t}_{s}" for t in TASKS for s in ("fewshot", "test"))
 ALL_SETS = ASR_SETS + TASK_SETS
 
-DEFAULT_SIZES = {"train": 4000, "dev": 300, "test": 300}
+# train: 3800 drawn + the coverage pass (every word of the other sets >= MIN_TRAIN_COUNT times) -> about 4000
+DEFAULT_SIZES = {"train": 3800, "dev": 300, "test": 300}
 DEFAULT_SIZES.update({f"{t}_fewshot": 300 for t in TASKS})
 DEFAULT_SIZES.update({f"{t}_test": 240 for t in TASKS})
 
@@ -330,6 +331,10 @@ SLOT_VALUES = {"time": TIMES, "date": DATES, "genre": GENRES, "artist": ARTISTS,
                "news": NEWS, "dish": DISHES, "dest": DESTS, "activity": ACTIVITIES}
 
 
+SLU_PREFIXES = ["please", "hey", "okay", "now"]
+SLU_SUFFIXES = ["please", "now", "for me", "right now", "thanks"]
+
+
 def gen_slu(rng) -> Item:
     intent = rng.choice(INTENTS)
     tpl = rng.choice(SLU_TEMPLATES[intent])
@@ -337,6 +342,12 @@ def gen_slu(rng) -> Item:
     for name in re.findall(r"\{(\w+)\}", tpl):
         slots[name] = rng.choice(SLOT_VALUES[name])
     text = tpl.format(**slots)
+    # SLURP-like spoken variation; widens the pool so ASR keeps sentences after the task sets are drawn
+    if not text.endswith("?"):
+        if rng.random() < 0.3 and not text.startswith("please"):
+            text = f"{rng.choice(SLU_PREFIXES)} {text}"
+        if rng.random() < 0.3 and not text.endswith("please"):
+            text = f"{text} {rng.choice(SLU_SUFFIXES)}"
     return Item(sentence_case(text), ref=intent, slots=slots, family="slu")
 
 
@@ -431,8 +442,57 @@ def _sqqa_order(rng):
     return tpl.format(k=kind, x=seq[i]), ans
 
 
+LEGS = [("spider", "eight"), ("dog", "four"), ("cat", "four"), ("horse", "four"), ("cow", "four"), ("bird", "two"),
+        ("duck", "two"), ("chicken", "two"), ("bee", "six"), ("ant", "six"), ("octopus", "eight"), ("sheep", "four")]
+
+
 def _sqqa_fact(rng):
+    if rng.random() < 0.4:
+        animal, n = rng.choice(LEGS)
+        tpl = rng.choice(["how many legs does a {a} have?", "how many legs has a {a} got?"])
+        return tpl.format(a=animal), n
     return rng.choice(FACTS)
+
+
+# Declarative forms of the SQQA knowledge (ASR only): same words as the questions, different sentences.
+FACT_STATEMENTS = ["there are seven days in a week", "there are twelve months in a year", "a spider has eight legs",
+                   "there are twenty four hours in a day", "there are sixty minutes in an hour",
+                   "a cow says moo", "a dog barks", "bees make honey", "cows drink water", "frozen water is called ice",
+                   "we live on planet Earth", "the Pacific is the largest ocean", "a bicycle has two wheels",
+                   "spring comes after winter", "autumn comes after summer", "a baby cat is called a kitten",
+                   "a baby dog is called a puppy", "a triangle has three sides", "a square has four sides"]
+
+
+def gen_fact_statement(rng) -> Item:
+    r = rng.random()
+    if r < 0.2:
+        c, a = rng.choice(CAPITALS)
+        t = rng.choice(["{a} is the capital of {c}", "the capital of {c} is {a}", "the capital city of {c} is {a}"])
+        text = t.format(a=a, c=c)
+    elif r < 0.35:
+        thing, be, a = rng.choice(COLOURS_OF)
+        text = rng.choice([f"{thing} {be} {a}", f"the colour of {thing} is {a}"])
+    elif r < 0.5:
+        w, o = rng.choice(OPPOSITES)
+        text = rng.choice([f"the opposite of {w} is {o}", f"{o} is the opposite of {w}",
+                           f"the word {w} means the opposite of {o}"])
+    elif r < 0.7:
+        q, a = _sqqa_arith(rng)
+        expr = re.sub(r"^(what is|how much is|what does) ", "", q).rstrip("?").replace(" make", "")
+        text = rng.choice([f"{expr} is {a}", f"{expr} makes {a}", f"{expr} equals {a}"])
+    elif r < 0.85:
+        seq, kind = (DAYS, "day") if rng.random() < 0.45 else (MONTHS, "month")
+        i = rng.randrange(len(seq))
+        nxt, prv = seq[(i + 1) % len(seq)], seq[(i - 1) % len(seq)]
+        text = rng.choice([f"{nxt} comes after {seq[i]}", f"{prv} comes before {seq[i]}",
+                           f"the {kind} after {seq[i]} is {nxt}", f"the {kind} before {seq[i]} is {prv}"])
+    else:
+        if rng.random() < 0.5:
+            animal, n = rng.choice(LEGS)
+            text = f"a {animal} has {n} legs"
+        else:
+            text = rng.choice(FACT_STATEMENTS)
+    return Item(sentence_case(text), family="sqqa_fact")
 
 
 SQQA_FAMILIES = [(_sqqa_capital, 0.22), (_sqqa_colour, 0.14), (_sqqa_opposite, 0.18), (_sqqa_arith, 0.22),
@@ -545,7 +605,10 @@ def gen_sqa(rng) -> Item:
 # ---------------------------------------------------------------- corpus assembly
 TASK_GEN = {"st": gen_st, "slu": gen_slu, "sqqa": gen_sqqa, "sqa": gen_sqa}
 # ASR draws from every family so that task speech is "in domain" for the recogniser.
-ASR_MIX = [(gen_st, 0.5), (gen_slu, 0.18), (gen_sqqa, 0.14), (gen_sqa, 0.18)]
+ASR_MIX = [(gen_st, 0.48), (gen_slu, 0.18), (gen_sqqa, 0.08), (gen_fact_statement, 0.08), (gen_sqa, 0.18)]
+# generators that can produce the words of each family (coverage pass)
+FAMILY_GENS = {"st": [gen_st], "slu": [gen_slu], "sqqa": [gen_sqqa, gen_fact_statement], "sqa": [gen_sqa]}
+MIN_TRAIN_COUNT = 3
 
 
 def _weighted(rng, pairs):
@@ -584,7 +647,64 @@ def generate(seed: int = 0, sizes: dict | None = None) -> dict[str, list[Item]]:
             out[name] = _draw(rng, TASK_GEN[task], sizes[name], used, name)
     for name in ("test", "dev", "train"):
         out[name] = _draw(rng, lambda r: _weighted(r, ASR_MIX)(r), sizes[name], used, name)
+    out["train"] += _cover(rng, out, used)
     return {k: out[k] for k in ALL_SETS}
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower().strip("?") for w in text.split()]
+
+
+# Fallback frames for a word whose own patterns are used up (small closed sets such as country names):
+# the word is spoken in a neutral carrier sentence, which is enough for the recogniser to learn it.
+WORD_FRAMES = ["{n} wrote the word {w} on the board", "{n} said the word {w} {t}", "please spell the word {w}",
+               "the next word is {w}", "{n} can read the word {w}", "the word {w} is on the list",
+               "{n} heard the word {w} {t}", "{n} asked about the word {w}"]
+
+
+def _cover(rng, sets: dict, used: set, min_count: int = MIN_TRAIN_COUNT, max_tries: int = 400) -> list[Item]:
+    """Extra training sentences so that every word spoken in a task/dev/test set occurs >= min_count times
+    in train: Wav2Prompt only ever learns from ASR data, so a task word it never heard cannot be prompted."""
+    from collections import Counter
+
+    counts = Counter(w for it in sets["train"] for w in _words(it.text))
+    need: dict[str, str] = {}
+    surface: dict[str, str] = {}
+    for name, items in sets.items():
+        for it in items:
+            fam = it.family.split("_")[0]
+            for i, raw in enumerate(it.text.rstrip("?").split()):
+                w = raw.lower()
+                if i > 0 or w not in surface:
+                    surface[w] = raw if i > 0 else raw.lower()  # casing as seen inside a sentence
+                if name != "train":
+                    need.setdefault(w, fam)
+    extra: list[Item] = []
+
+    def add(it: Item) -> bool:
+        k = norm_key(it.text)
+        if k in used or not (MIN_WORDS <= n_words(it.text) <= MAX_WORDS):
+            return False
+        used.add(k)
+        extra.append(it)
+        counts.update(_words(it.text))
+        return True
+
+    for w in sorted(need):
+        gens = FAMILY_GENS[need[w]]
+        tries = 0
+        while counts[w] < min_count and tries < max_tries:
+            tries += 1
+            it = rng.choice(gens)(rng)
+            if w in _words(it.text):
+                add(it)
+        tries = 0
+        while counts[w] < min_count and tries < max_tries:
+            tries += 1
+            frame = rng.choice(WORD_FRAMES)
+            text = frame.format(n=rng.choice(L.NAMES)[0], w=surface.get(w, w), t=rng.choice(L.PAST_TIMES)[0])
+            add(Item(sentence_case(text), family="word_frame"))
+    return extra
 
 
 def vocabulary(sets: dict[str, list[Item]]) -> set[str]:
@@ -592,16 +712,5 @@ def vocabulary(sets: dict[str, list[Item]]) -> set[str]:
     words = set()
     for items in sets.values():
         for it in items:
-            words.update(w.lower().strip("?") for w in it.text.split())
+            words.update(_words(it.text))
     return words
-
-
-def item_to_json(it: Item) -> str:
-    d = {"text": it.text, "family": it.family}
-    if it.ref is not None:
-        d["ref"] = it.ref
-    if it.question is not None:
-        d["question"] = it.question
-    if it.slots is not None:
-        d["slots"] = it.slots
-    return json.dumps(d, ensure_ascii=False)
