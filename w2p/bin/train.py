@@ -34,7 +34,8 @@ def _relaunch(nproc: int, argv: list[str]) -> int:
     """Re-run this entry point under torchrun with ``nproc`` processes on this node."""
     from torch.distributed.run import main as torchrun
 
-    args = ["--standalone", f"--nproc_per_node={nproc}", "-m", "w2p.bin.train", *argv]
+    # "--": torchrun must not try to parse our options (argparse prefix matching: --nproc ~ --nproc-per-node)
+    args = ["--standalone", f"--nproc_per_node={nproc}", "--module", "--", "w2p.bin.train", *argv]
     os.environ["W2P_LAUNCHED"] = "1"
     torchrun(args)
     return 0

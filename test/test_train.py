@@ -1,0 +1,164 @@
+"""Trainer: bucketing, config overrides, 2-process gloo == 1 process, SIGKILL + --resume, n-best averaging."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from conftest import TINY_ENCODER
+
+from w2p.train.config import apply_overrides, load_config
+from w2p.train.sampler import BucketSampler, bucket_batches
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bucket_batches_respect_budget_and_cover_all():
+    lengths = [50, 300, 120, 80, 310, 90, 200, 60, 75, 150]
+    batches = bucket_batches(lengths, batch_frames=400)
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 400 or len(b) == 1
+    s = BucketSampler(lengths, 400, seed=3, world_size=2, rank=1)
+    s0 = BucketSampler(lengths, 400, seed=3, world_size=2, rank=0)
+    assert all(len(b) >= 2 for b in s.batches)
+    for (a, ga), (b, gb) in zip(s0.epoch_batches(1), s.epoch_batches(1)):
+        assert ga == gb and len(a) + len(b) == ga and not set(a) & set(b)
+    assert s.global_batches(1) == s.global_batches(1)
+    assert s.global_batches(1) != s.global_batches(2) or len(s) < 3
+
+
+def test_config_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("max_epoch: 3\noptim_conf:\n  lr: 0.002\nmodel_conf:\n  encoder:\n    output_size: 64\n")
+    conf = load_config(str(p), ["--optim_conf.lr", "5e-4", "--model_conf.encoder.num_blocks", "2",
+                                "--max_epoch=7"])
+    assert conf["optim_conf"]["lr"] == 5e-4 and conf["optim_conf"]["betas"] == [0.9, 0.98]
+    assert conf["model_conf"]["encoder"] == {"output_size": 64, "num_blocks": 2}
+    assert conf["max_epoch"] == 7
+    (tmp_path / "bad.yaml").write_text("max_epochs: 3\n")
+    with pytest.raises(ValueError, match="unknown top-level key"):
+        load_config(str(tmp_path / "bad.yaml"))
+    with pytest.raises(SystemExit):
+        apply_overrides({}, ["--x"])
+
+
+def _write_conf(path, **extra):
+    conf = {"model": "wav2prompt",
+            "model_conf": {"encoder": dict(TINY_ENCODER), "cif": {"dropout": 0.0}, "qua_weight": 0.5},
+            "max_epoch": 3, "batch_frames": 400, "log_interval": 1, "save_interval_steps": 2,
+            "nbest_average": 2, "scheduler_conf": {"warmup_steps": 4}, "optim_conf": {"lr": 2e-3}, **extra}
+    with open(path, "w") as f:
+        yaml.safe_dump(conf, f)
+    return str(path)
+
+
+def _cmd(conf, recipe, out, *extra):
+    return [sys.executable, "-m", "w2p.bin.train", "--config", conf,
+            "--train_dir", f"{recipe}/dump/fbank/train", "--valid_dir", f"{recipe}/dump/fbank/dev",
+            "--output_dir", str(out), *extra]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _train_losses(out):
+    return {r["step"]: r["loss"] for r in _metrics(out) if r["phase"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, tiny_recipe):
+    d = tmp_path_factory.mktemp("train1")
+    conf = _write_conf(d / "conf.yaml")
+    subprocess.run(_cmd(conf, tiny_recipe, d / "exp", "--nproc", "1"), check=True, env=_env(),
+                   capture_output=True, text=True, timeout=300)
+    return conf, str(d / "exp")
+
+
+def test_single_process_run_outputs(single_run):
+    _, out = single_run
+    for f in ("model.pt", "config.yaml", "train.log", "checkpoint.pt", "history.json"):
+        assert os.path.isfile(os.path.join(out, f)), f
+    assert os.listdir(os.path.join(out, "tensorboard"))
+    hist = json.load(open(os.path.join(out, "history.json")))
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    # model.pt is the average of the 2 best epoch snapshots (the others were pruned)
+    snaps = sorted(os.listdir(os.path.join(out, "snapshots")))
+    assert len(snaps) == 2
+    sds = [torch.load(os.path.join(out, "snapshots", s), weights_only=True) for s in snaps]
+    avg = torch.load(os.path.join(out, "model.pt"), weights_only=True)
+    k = "proj.weight"
+    assert torch.allclose(avg[k], (sds[0][k] + sds[1][k]) / 2, atol=1e-6)
+    assert not any(k.startswith("llm") for k in avg)
+    cfg = yaml.safe_load(open(os.path.join(out, "config.yaml")))
+    assert cfg["model_conf"]["encoder"]["cmvn"].endswith("cmvn.npz")
+    losses = _train_losses(out)
+    assert losses[max(losses)] < losses[1]  # it learns
+
+
+def test_two_processes_gloo_equal_one_process(single_run, tiny_recipe, tmp_path):
+    conf, out1 = single_run
+    out2 = tmp_path / "exp2"
+    r = subprocess.run(_cmd(conf, tiny_recipe, out2, "--nproc", "2"), env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    l1, l2 = _train_losses(out1), _train_losses(str(out2))
+    assert len(l1) >= 6 and l1.keys() == l2.keys()
+    for s in l1:
+        assert l2[s] == pytest.approx(l1[s], rel=1e-4, abs=1e-5), f"step {s}"
+    v1 = [r["loss"] for r in _metrics(out1) if r["phase"] == "valid"]
+    v2 = [r["loss"] for r in _metrics(str(out2)) if r["phase"] == "valid"]
+    assert v2 == pytest.approx(v1, rel=1e-4)
+
+
+def test_sigkill_then_resume_loses_at_most_one_interval(single_run, tiny_recipe, tmp_path):
+    conf, ref_out = single_run
+    out = tmp_path / "exp_kill"
+    proc = subprocess.Popen(_cmd(conf, tiny_recipe, out), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists():
+            steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if x.strip()]
+            if steps and max(steps) >= 3:
+                proc.send_signal(signal.SIGSTOP)  # freeze, read where it is, then kill hard
+                steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if x.strip()]
+                killed_at = max(steps)
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.005)
+    proc.wait()
+    assert killed_at is not None, "training finished before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model.pt").exists()
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert killed_at - ck["step"] <= 2  # save_interval_steps
+    r = subprocess.run(_cmd(conf, tiny_recipe, out, "--resume"), env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "model.pt").exists()
+    assert f"resumed from {out}/checkpoint.pt: step {ck['step']}" in (out / "train.log").read_text()
+    # the resumed run continues exactly: every step's loss equals the uninterrupted run's
+    ref, got = _train_losses(ref_out), {}
+    for rec in _metrics(str(out)):
+        if rec["phase"] == "train":
+            got[rec["step"]] = rec["loss"]  # resumed steps overwrite the killed run's
+    assert got.keys() == ref.keys()
+    for s in ref:
+        assert got[s] == pytest.approx(ref[s], rel=1e-5, abs=1e-6), f"step {s}"
+    hist = json.load(open(out / "history.json"))
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
