@@ -1,0 +1,179 @@
+"""Scoring of decoding outputs (stage 9) and the RESULTS.md table.
+
+Metrics (library implementations, nothing hand-written for edit distance / BLEU):
+  wer         jiwer word error rate (%) on ``normalize_transcript`` text;
+  bleu, chrf  sacreBLEU corpus BLEU / chrF on the raw (detokenised, case-sensitive) hypotheses;
+  intent_acc  % of utterances whose canonical intent (``canonical_intent``) equals the reference's;
+  exact       % normalised exact match (``normalize_answer``);
+  contains    % of hypotheses whose normalised text contains the normalised gold answer as whole words;
+  rtf         decoding real-time factor = decoding wall time / audio duration (from timing.json).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import subprocess
+
+from w2p.tasks import canonical_intent, get_task, normalize_answer, normalize_transcript
+
+
+# -- io ---------------------------------------------------------------------------------------------------------
+def read_kv(path: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            key, _, val = line.partition(" ")
+            if key in out:
+                raise ValueError(f"{path}:{n}: duplicate key {key!r}")
+            out[key] = val.strip()
+    return out
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_kv_atomic(path: str, items: dict[str, str]) -> None:
+    write_text_atomic(path, "".join(f"{k} {v}\n" for k, v in items.items()))
+
+
+# -- metrics ----------------------------------------------------------------------------------------------------
+def wer(refs: list[str], hyps: list[str]) -> float:
+    import jiwer
+
+    r = [normalize_transcript(x) for x in refs]
+    h = [normalize_transcript(x) for x in hyps]
+    keep = [i for i, x in enumerate(r) if x]
+    if not keep:
+        raise ValueError("WER: every reference is empty")
+    # jiwer refuses empty hypotheses as strings; a deletion-only hypothesis is scored as all deletions
+    out = jiwer.process_words([r[i] for i in keep], [h[i] if h[i] else "<empty>" for i in keep])
+    errors = out.substitutions + out.deletions + out.insertions
+    # "<empty>" counted as one substitution + (n-1) deletions: the same number of errors as n deletions
+    n_ref = sum(len(r[i].split()) for i in keep)
+    return 100.0 * errors / n_ref
+
+
+def bleu(refs: list[str], hyps: list[str]) -> float:
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(hyps, [refs]).score)
+
+
+def chrf(refs: list[str], hyps: list[str]) -> float:
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(hyps, [refs]).score)
+
+
+def intent_acc(refs: list[str], hyps: list[str]) -> float:
+    return 100.0 * sum(canonical_intent(r) == canonical_intent(h) for r, h in zip(refs, hyps)) / max(1, len(refs))
+
+
+def exact_match(refs: list[str], hyps: list[str]) -> float:
+    return 100.0 * sum(normalize_answer(r) == normalize_answer(h) for r, h in zip(refs, hyps)) / max(1, len(refs))
+
+
+def contains_gold(refs: list[str], hyps: list[str]) -> float:
+    n = 0
+    for r, h in zip(refs, hyps):
+        r, h = normalize_answer(r), normalize_answer(h)
+        n += bool(r) and f" {r} " in f" {h} "
+    return 100.0 * n / max(1, len(refs))
+
+
+METRICS = {"wer": wer, "bleu": bleu, "chrf": chrf, "intent_acc": intent_acc, "exact": exact_match,
+           "contains": contains_gold}
+LOWER_IS_BETTER = {"wer", "rtf"}
+
+
+def score_lists(task: str, refs: list[str], hyps: list[str]) -> dict[str, float]:
+    t = get_task(task)
+    if len(refs) != len(hyps):
+        raise ValueError(f"{task}: {len(refs)} references vs {len(hyps)} hypotheses")
+    return {m: round(METRICS[m](refs, hyps), 2) for m in t.metrics}
+
+
+def score_decode_dir(decode_dir: str, task: str) -> dict:
+    """Score ``<decode_dir>/hyp`` against ``<decode_dir>/ref``; writes scores.json atomically and returns it."""
+    hyp_p, ref_p = os.path.join(decode_dir, "hyp"), os.path.join(decode_dir, "ref")
+    for p in (hyp_p, ref_p):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{p} missing: run the decoding stage (stage 6) first")
+    hyp, ref = read_kv(hyp_p), read_kv(ref_p)
+    missing = [u for u in ref if u not in hyp]
+    if missing:
+        raise ValueError(f"{hyp_p}: no hypothesis for {len(missing)} utterance(s), e.g. {missing[0]}")
+    utts = list(ref)
+    scores: dict = score_lists(task, [ref[u] for u in utts], [hyp[u] for u in utts])
+    scores["n_utts"] = len(utts)
+    timing_p = os.path.join(decode_dir, "timing.json")
+    if os.path.isfile(timing_p):
+        with open(timing_p) as f:
+            tm = json.load(f)
+        if tm.get("audio_sec"):
+            scores["rtf"] = round(tm["decode_sec"] / tm["audio_sec"], 4)
+    write_text_atomic(os.path.join(decode_dir, "scores.json"), json.dumps(scores, indent=1) + "\n")
+    return scores
+
+
+# -- results table ----------------------------------------------------------------------------------------------
+def git_commit(path: str = ".") -> str:
+    try:
+        out = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def results_markdown(results: dict[str, dict[str, dict]], *, system_labels: dict[str, str] | None = None,
+                     config: dict | None = None, notes: list[str] | None = None, figures: list[str] | None = None,
+                     commit: str | None = None, date: str | None = None) -> str:
+    """results[system][task] = scores dict. One table: rows = systems, columns = task metrics."""
+    labels = system_labels or {}
+    cols: list[tuple[str, str]] = []
+    for task in ("asr", "st", "slu", "sqqa", "sqa"):
+        if any(task in r for r in results.values()):
+            cols += [(task, m) for m in get_task(task).metrics]
+    lines = ["# Results", "",
+             f"- date: {date or _dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+             f"- git commit: {commit or git_commit()}"]
+    for k, v in (config or {}).items():
+        lines.append(f"- {k}: {v}")
+    lines += ["", "Zero-shot, same frozen LLM and templates for every system (w2p/tasks.py). "
+              "Arrows: ↓ lower is better, ↑ higher is better.", ""]
+    head = ["system"] + [f"{t} {m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for t, m in cols] + ["RTF ↓"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for system, per_task in results.items():
+        row = [labels.get(system, system)]
+        for t, m in cols:
+            row.append(_fmt(per_task.get(t, {}).get(m)))
+        rtfs = [s["rtf"] for s in per_task.values() if "rtf" in s]
+        row.append(_fmt(round(sum(rtfs) / len(rtfs), 4)) if rtfs else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    ns = {s: {t: v.get("n_utts") for t, v in r.items()} for s, r in results.items()}
+    first = next(iter(ns.values()), {})
+    if first:
+        lines += ["", "Test utterances scored per task: " + ", ".join(f"{t} {n}" for t, n in first.items()) + "."]
+    for n in notes or []:
+        lines += ["", n]
+    for fig in figures or []:
+        lines += ["", f"![{os.path.basename(fig)}]({fig})"]
+    return "\n".join(lines) + "\n"
