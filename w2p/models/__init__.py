@@ -8,6 +8,7 @@ MODELS = {
     "wav2prompt": "w2p.models.wav2prompt:Wav2Prompt",
     "asr_ctc": "w2p.models.asr_ctc:CTCASR",
     "encoder_llm": "w2p.models.encoder_llm:EncoderLLM",
+    "w2p_fewshot": "w2p.models.fewshot:FewShotWav2Prompt",
 }
 
 
