@@ -7,7 +7,8 @@ peak extra memory of one forward+backward (CUDA: allocator peak; CPU: peak of th
 recorded by the torch profiler at op granularity).  The workload is the training call: alphas in [0.05, 0.95],
 lengths 80-100% of T, target_lengths = floor(sum alpha), grad of (out * w).sum().  The reference
 loop is slow: it runs once (1 repeat) and only on shapes with B*T <= --reference-max-frames; its
-other cells are printed as "skipped".
+other cells are printed as "skipped".  On CPU, glibc is told to keep freed memory (see
+keep_freed_memory; --no-malloc-cache to measure with page faults).
 """
 from __future__ import annotations
 
@@ -23,6 +24,21 @@ import torch
 DEFAULT_SHAPES = "8x250x512,16x500x512,16x500x1024,32x1000x1024"
 BACKENDS = ("ext", "torch", "reference", "torch-cif")
 LABELS = {"ext": "ext", "torch": "torch-vectorised", "reference": "reference loop", "torch-cif": "torch-cif 0.2.0"}
+
+
+def keep_freed_memory():
+    """Ask glibc to keep freed blocks in the heap (no mmap / trim for big blocks), so repeated
+    calls reuse memory instead of page-faulting fresh pages.  On this kind of VM a fault costs
+    ~4 us, i.e. ~16 ms per 16 MB gradient, which would swamp every backend's compute; a real
+    training loop reuses its memory the same way.  Returns False where mallopt is unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 62))
+    except (OSError, AttributeError):
+        return False
 
 
 def parse_shapes(text: str):
@@ -126,7 +142,7 @@ def bench_one(backend, shape, device, dtype, repeats):
 
 def format_table(results, shapes):
     lines = [f"{'shape (B,T,C)':<18} {'backend':<17} {'fwd ms med/min':>16} {'fwd+bwd ms med/min':>20}"
-             f" {'peak extra MB':>14} {'ext speed-up (fwd+bwd med)':>27}"]
+             f" {'peak extra MB':>14} {'ext speed-up fwd+bwd med/min':>29}"]
     for shape in shapes:
         key = "x".join(map(str, shape))
         ext = results.get(key, {}).get("ext")
@@ -140,12 +156,13 @@ def format_table(results, shapes):
                 continue
             speed = ""
             if ext and "fwd_bwd_ms" in ext and backend != "ext":
-                speed = f"{r['fwd_bwd_ms'] / ext['fwd_bwd_ms']:.1f}x"
+                speed = (f"{r['fwd_bwd_ms'] / ext['fwd_bwd_ms']:.1f}x / "
+                         f"{r['fwd_bwd_min_ms'] / ext['fwd_bwd_min_ms']:.1f}x")
             note = " (1 run)" if r["repeats"] == 1 else ""
             fwd = f"{r['fwd_ms']:.2f}/{r['fwd_min_ms']:.2f}"
             fb = f"{r['fwd_bwd_ms']:.2f}/{r['fwd_bwd_min_ms']:.2f}"
             lines.append(f"{name:<18} {LABELS[backend]:<17} {fwd:>16} {fb:>20}"
-                         f" {r['peak_extra_mb']:>14.1f} {speed:>27}{note}")
+                         f" {r['peak_extra_mb']:>14.1f} {speed:>29}{note}")
     return "\n".join(lines)
 
 
@@ -160,6 +177,8 @@ def main(argv=None):
                    help="run the reference loop only where B*T <= this (default 8000; -1: always)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0: torch's default); 1 is steadier on a shared machine")
+    p.add_argument("--no-malloc-cache", action="store_true",
+                   help="CPU: leave glibc's default (fresh pages, i.e. page faults, for every big tensor)")
     p.add_argument("--json", help="also write the results here (atomically)")
     args = p.parse_args(argv)
 
@@ -169,6 +188,7 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    malloc_cache = device.type == "cpu" and not args.no_malloc_cache and keep_freed_memory()
     shapes = parse_shapes(args.shapes)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = sorted(set(backends) - set(BACKENDS))
@@ -193,12 +213,13 @@ def main(argv=None):
                 results[key][backend] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"}
             print(f"done {key} {backend}", file=sys.stderr, flush=True)
     header = (f"CIF benchmark: device={device}, dtype={args.dtype}, threads={torch.get_num_threads()}, "
-              f"repeats={args.repeats} (median/min; reference loop 1 run), training call with target_lengths")
+              f"repeats={args.repeats} (median/min; reference loop 1 run), malloc_cache={malloc_cache}, "
+              "training call with target_lengths")
     print(header)
     print(format_table(results, shapes))
     if args.json:
         payload = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
-                   "torch": torch.__version__, "results": results}
+                   "torch": torch.__version__, "malloc_cache": malloc_cache, "results": results}
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
             json.dump(payload, f, indent=2)
