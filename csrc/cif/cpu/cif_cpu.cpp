@@ -17,6 +17,11 @@ namespace w2p {
 namespace cif {
 namespace {
 
+constexpr int64_t kGrainSize = 32768;  // ATen's at::internal::GRAIN_SIZE
+inline int64_t row_grain(int64_t T) { return std::max<int64_t>(1, kGrainSize / std::max<int64_t>(T, 1)); }
+// an output / a frame touches ~2-4 rows of C values
+inline int64_t vec_grain(int64_t C) { return std::max<int64_t>(1, kGrainSize / (4 * std::max<int64_t>(C, 1))); }
+
 template <typename scalar_t> struct Acc { using type = scalar_t; };  // float -> float, double -> double
 
 // Dot product with 8 independent partial sums so the compiler can vectorise it without -ffast-math.
@@ -43,7 +48,9 @@ std::vector<RowPlan> scan_rows(const at::Tensor& alphas, const int64_t* len, con
   }
   const scalar_t* a = alphas.data_ptr<scalar_t>();
   std::vector<RowPlan> plans(B);
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+  // grains follow ATen's (32768 elements): waking a second thread for less work costs more
+  // than it saves, badly so on a busy machine
+  at::parallel_for(0, B, row_grain(T), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const scalar_t* ar = a + b * T;
       double* s = S + b * T;
@@ -71,8 +78,7 @@ void forward_kernel(const at::Tensor& hidden, const double* S, const std::vector
   const scalar_t* h = hidden.data_ptr<scalar_t>();
   scalar_t* o = out.data_ptr<scalar_t>();
   int64_t* f = fire.data_ptr<int64_t>();
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
-  at::parallel_for(0, B * U, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * U, vec_grain(C), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(C);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t b = idx / U, i = idx % U;
@@ -144,11 +150,10 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& hidden, const
   const scalar_t* o = out.data_ptr<scalar_t>();
   scalar_t* gh = grad_hidden.data_ptr<scalar_t>();
   std::vector<double> dS(static_cast<size_t>(B * T));
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
   // dL/dh_t = sum_i scale_i w_{i,t} g_i;  dL/dS_t = scale_k (<g_k, h_t> - <g_k, h_{t+1}>), k = open
   // output at S_t (S_t is the right end of frame t and the left end of frame t+1), plus the
   // derivative of the tail normaliser beta / r (r = S_L - m beta) at the last frame.
-  at::parallel_for(0, B * T, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * T, vec_grain(C), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(C);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t b = idx / T, t = idx % T, L = len[b];
@@ -192,7 +197,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& hidden, const
     }
   });
   scalar_t* ga = grad_alphas.data_ptr<scalar_t>();
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, row_grain(T), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       double run = 0.0;  // dL/dalpha_s = sum_{t >= s} dL/dS_t
       for (int64_t t = T - 1; t >= 0; --t) {
