@@ -26,6 +26,7 @@ def main(argv=None) -> int:
                     help="resample audio whose rate is not 16 kHz (false: such files are errors)")
     ap.add_argument("--on_error", default="skip", choices=["skip", "error"],
                     help="bad audio/features: log and skip the utterance, or stop")
+    ap.add_argument("--cmvn_set", default="", help="after merging, write <dump_dir>/<set>/cmvn.npz for this set")
     ap.add_argument("--max_skip_ratio", type=float, default=0.05, help="merge fails above this skipped fraction")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -41,6 +42,10 @@ def main(argv=None) -> int:
             src, dst = os.path.join(a.data_dir, s), os.path.join(a.dump_dir, s)
             summary = features.merge(src, dst, a.nj, max_skip_ratio=a.max_skip_ratio)
             logging.info("%s: %s", dst, json.dumps(summary))
+        if a.cmvn_set:
+            scp = os.path.join(a.dump_dir, a.cmvn_set, "feats.scp")
+            out = os.path.join(a.dump_dir, a.cmvn_set, "cmvn.npz")
+            logging.info("cmvn %s: %s", out, json.dumps(features.compute_cmvn(scp, out)))
     return 0
 
 

@@ -30,7 +30,8 @@ def plan(seed: int, max_utts: int | None, corpus: str) -> list[dict]:
     sizes = dict(mini_en.DEFAULT_SIZES)
     if max_utts:
         sizes = {k: min(v, max_utts) for k, v in sizes.items()}
-    sets = mini_en.generate(seed, sizes)
+    # the coverage pass adds training sentences; a capped (test) corpus stays capped
+    sets = mini_en.generate(seed, sizes, cover=not max_utts)
     flat = [(s, i, it) for s in mini_en.ALL_SETS for i, it in enumerate(sets[s])]
     spk = draw_speakers(len(flat), seed + 1)
     out = []

@@ -635,8 +635,9 @@ def _draw(rng, gen, n, used: set, what: str) -> list[Item]:
     return out
 
 
-def generate(seed: int = 0, sizes: dict | None = None) -> dict[str, list[Item]]:
-    """All sets as {set_name: [Item]}; task sets are drawn first so that ASR sentences avoid them."""
+def generate(seed: int = 0, sizes: dict | None = None, cover: bool = True) -> dict[str, list[Item]]:
+    """All sets as {set_name: [Item]}; task sets are drawn first so that ASR sentences avoid them.
+    cover: append the coverage sentences to train (see _cover)."""
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
     rng = random.Random(seed)
     used: set = set()
@@ -647,7 +648,8 @@ def generate(seed: int = 0, sizes: dict | None = None) -> dict[str, list[Item]]:
             out[name] = _draw(rng, TASK_GEN[task], sizes[name], used, name)
     for name in ("test", "dev", "train"):
         out[name] = _draw(rng, lambda r: _weighted(r, ASR_MIX)(r), sizes[name], used, name)
-    out["train"] += _cover(rng, out, used)
+    if cover:
+        out["train"] += _cover(rng, out, used)
     return {k: out[k] for k in ALL_SETS}
 
 

@@ -136,8 +136,9 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
   ${cmd} JOB=1:${nj} ${fbankdir}/log/fbank.JOB.log \
     ${python} -m w2p.bin.make_fbank --data_dir ${datadir} --dump_dir ${fbankdir} --sets ${all_sets} \
       --nj ${nj} --job JOB --resample ${resample}
-  ${python} -m w2p.bin.make_fbank --data_dir ${datadir} --dump_dir ${fbankdir} --sets ${all_sets} --nj ${nj} --merge
-  ${python} -m w2p.bin.compute_cmvn --feats ${fbankdir}/${train_set}/feats.scp --out ${fbankdir}/${train_set}/cmvn.npz
+  # merge the shards, validate every dump dir, global CMVN stats (count, sum, sum_square) of the training set
+  ${python} -m w2p.bin.make_fbank --data_dir ${datadir} --dump_dir ${fbankdir} --sets ${all_sets} --nj ${nj} \
+    --merge --cmvn_set ${train_set}
 fi
 
 # ============================================================================ Stage 3: LLM prep

@@ -1,0 +1,1 @@
+../../TEMPLATE/w2p1/w2p.sh

@@ -1,0 +1,151 @@
+"""Recipe shell layer: run.pl / slurm.pl, option parsing, stages 0-2 end to end through run.sh."""
+import os
+import re
+import subprocess
+
+import kaldiio
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UTILS = os.path.join(ROOT, "egs", "TEMPLATE", "w2p1", "utils")
+MINI = os.path.join(ROOT, "egs", "mini_en", "w2p1")
+LIBRI = os.path.join(ROOT, "egs", "librispeech", "w2p1")
+
+
+def sh(cmd, cwd=None, env=None, check=False):
+    e = dict(os.environ, **(env or {}))
+    p = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=e, capture_output=True, text=True, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def test_run_pl_substitutes_job_logs_and_reports_failures(tmp_path):
+    log = tmp_path / "log"
+    p = sh(f"{UTILS}/run.pl JOB=1:3 {log}/x.JOB.log echo 'job JOB of two words'", check=True)
+    for j in (1, 2, 3):
+        text = (log / f"x.{j}.log").read_text()
+        assert f"job {j} of two words" in text and "# Ended (code 0)" in text
+    p = sh(f"{UTILS}/run.pl --max-jobs-run 1 JOB=1:3 {log}/y.JOB.log bash -c '[ JOB != 2 ]'")
+    assert p.returncode == 1 and "1 / 3 jobs failed (jobs 2)" in p.stderr and "y.2.log" in p.stderr
+    assert "# Ended (code 1)" in (log / "y.2.log").read_text()
+    p = sh(f"{UTILS}/run.pl {log}/z.log echo single", check=True)
+    assert "single" in (log / "z.log").read_text()
+
+
+def test_slurm_pl_submits_one_array_and_substitutes_the_task_id(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    # a stand-in for sbatch: runs the submitted script once per array index, as Slurm would
+    (fake / "sbatch").write_text("""#!/usr/bin/env bash
+echo "$@" > "$FAKE_ARGS"
+for a in "$@"; do case $a in --array=*) r=${a#--array=}; r=${r%%%*};; esac; script=$a; done
+rc=0
+for ((i=${r%-*}; i<=${r#*-}; i++)); do SLURM_ARRAY_TASK_ID=$i bash "$script" || rc=1; done
+echo 12345; exit $rc
+""")
+    (fake / "sbatch").chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "FAKE_ARGS": str(tmp_path / "args")}
+    sh(f"cd {tmp_path} && {UTILS}/slurm.pl --mem 2G --gpu 1 JOB=1:2 log/s.JOB.log echo task JOB", env=env, check=True)
+    args = (tmp_path / "args").read_text()
+    assert "--wait" in args and "--array=1-2" in args and "--mem=2G" in args and "--gres=gpu:1" in args
+    for j in (1, 2):
+        assert f"task {j}" in (tmp_path / "log" / f"s.{j}.log").read_text()
+    p = sh(f"cd {tmp_path} && {UTILS}/slurm.pl JOB=1:2 log/f.JOB.log false", env=env)
+    assert p.returncode == 1 and "job array failed" in p.stderr
+
+
+def test_help_and_option_errors():
+    p = sh("./run.sh --help", cwd=MINI, check=True)
+    for opt in ("--stage", "--stop_stage", "--nj", "--ngpu", "--nproc", "--seed", "--llm", "--train_config",
+                "--asr_config", "--encllm_config", "--nomse_config", "--fewshot_config", "--decode_config", "--tasks"):
+        assert opt in p.stdout, opt
+    p = sh("./run.sh --no_such_option 1", cwd=MINI)
+    assert p.returncode != 0 and "invalid option --no_such_option" in p.stderr
+
+
+def test_template_has_one_delimited_block_per_stage():
+    src = open(os.path.join(ROOT, "egs", "TEMPLATE", "w2p1", "w2p.sh")).read()
+    for n in range(11):
+        assert re.search(rf"# =+ Stage {n}: .*\nif \[ \$\{{stage\}} -le {n} \] && \[ \$\{{stop_stage\}} -ge {n} \]; then",
+                         src), n
+
+
+def _feats(dump, s):
+    return dict(kaldiio.load_scp(os.path.join(dump, "fbank", s, "feats.scp")))
+
+
+def test_mini_en_stages_0_to_2_end_to_end(tmp_path):
+    c, d, u = tmp_path / "corpus", tmp_path / "data", tmp_path / "dump"
+    base = f"./run.sh --nj 2 --max_utts 3 --corpus_dir {c} --datadir {d} --dumpdir {u}"
+    # missing inputs name the stage to run
+    p = sh(f"{base} --stage 1 --stop_stage 1", cwd=MINI)
+    assert p.returncode != 0 and "run stage 0 first" in p.stderr
+    p = sh(f"{base} --stage 2 --stop_stage 2", cwd=MINI)
+    assert p.returncode != 0 and "run stage 1 (data prep) first" in p.stderr
+    p = sh(f"{base} --stop_stage 2", cwd=MINI, check=True)
+    sets = ["train", "dev", "test"] + [f"{t}_{s}" for t in ("st", "slu", "sqqa", "sqa") for s in ("fewshot", "test")]
+    for s in sets:
+        f = _feats(str(u), s)
+        assert len(f) == 3 and all(v.shape[1] == 80 and v.dtype == np.float32 for v in f.values())
+        assert len(open(d / s / "wav.scp").readlines()) == 3
+    assert (u / "fbank" / "slu_test" / "intents").read_text().count("\n") >= 12
+    assert (u / "fbank" / "sqa_test" / "question").exists() and (u / "fbank" / "st_test" / "ref").exists()
+    st = np.load(u / "fbank" / "train" / "cmvn.npz")
+    assert int(st["count"]) == sum(v.shape[0] for v in _feats(str(u), "train").values())
+    before = _feats(str(u), "dev")
+    wav_mtime = os.path.getmtime(next((c / "wav" / "dev").iterdir()))
+    # re-running a finished stage is safe and redoes only that stage, with the same result
+    p = sh(f"{base} --stage 2 --stop_stage 2", cwd=MINI, check=True)
+    assert "Stage 0" not in p.stdout and "Stage 1" not in p.stdout and "Stage 2" in p.stdout
+    after = _feats(str(u), "dev")
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert os.path.getmtime(next((c / "wav" / "dev").iterdir())) == wav_mtime
+
+
+def test_synth_reuses_wavs_and_refuses_a_corpus_made_with_other_options(tmp_path):
+    import json
+
+    import pytest
+    import soundfile as sf
+
+    from w2p.bin import synth_mini_en
+
+    c = str(tmp_path / "corpus")
+    assert synth_mini_en.main(["--corpus", c, "--max_utts", "1"]) == 0
+    assert synth_mini_en.main(["--corpus", c, "--max_utts", "1", "--finalize"]) == 0
+    man = [json.loads(x) for x in open(os.path.join(c, "sqa_test.jsonl"))]
+    assert len(man) == 1 and man[0]["question"].endswith("?") and man[0]["ref"]
+    info = sf.info(man[0]["wav"])
+    assert info.samplerate == 16000 and info.channels == 1 and info.subtype == "PCM_16" and 0.5 < info.duration < 6
+    stats = json.load(open(os.path.join(c, "stats.json")))
+    assert stats["total_utterances"] == 11 and stats["vocabulary_size"] > 20 and stats["total_hours"] > 0
+    mtime = os.path.getmtime(man[0]["wav"])
+    assert synth_mini_en.main(["--corpus", c, "--max_utts", "1"]) == 0  # re-run: nothing re-synthesised
+    assert os.path.getmtime(man[0]["wav"]) == mtime
+    os.remove(man[0]["wav"])
+    with pytest.raises(SystemExit, match="wavs missing.*re-run stage 0"):
+        synth_mini_en.main(["--corpus", c, "--max_utts", "1", "--finalize"])
+    with pytest.raises(SystemExit, match="remove"):
+        synth_mini_en.main(["--corpus", c, "--max_utts", "2"])
+
+
+def test_librispeech_recipe_on_fixture_corpora(tmp_path):
+    from test_data import _covost, _librispeech, _slurp
+
+    ls, cv, sl = (str(tmp_path / x) for x in ("ls", "cv", "slurp"))
+    _librispeech(ls)
+    for sub in ("dev-clean", "test-clean"):
+        os.symlink(os.path.join(ls, "train-clean-100"), os.path.join(ls, sub))
+    _covost(cv)
+    os.symlink(os.path.join(cv, "covost_v2.en_fr.test.tsv"), os.path.join(cv, "covost_v2.en_fr.train.tsv"))
+    _slurp(sl)
+    d, u = tmp_path / "data", tmp_path / "dump"
+    base = f"./run.sh --nj 1 --datadir {d} --dumpdir {u} --stop_stage 2"
+    p = sh(base, cwd=LIBRI, env={"LIBRISPEECH": str(tmp_path / "absent"), "COVOST2": cv, "SLURP": sl})
+    assert p.returncode != 0 and "LIBRISPEECH" in p.stderr and "edit db.sh" in p.stderr
+    p = sh(base, cwd=LIBRI, env={"LIBRISPEECH": ls, "COVOST2": cv, "SLURP": sl}, check=True)
+    assert len(_feats(str(u), "train")) == 3 and len(_feats(str(u), "st_test")) == 2
+    assert len(_feats(str(u), "slu_fewshot")) == 2 and len(_feats(str(u), "slu_test")) == 1
+    assert (u / "fbank" / "slu_test" / "slots").read_text().strip().endswith('{"place_name": "paris"}')
+    assert (u / "fbank" / "train" / "cmvn.npz").exists()
