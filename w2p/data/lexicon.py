@@ -528,8 +528,6 @@ DETS = {
 def en_article(det: str, nxt: str) -> str:
     if det == "a" and nxt[0].lower() in "aeiou":
         return "an"
-    if det == "this" and False:
-        return det
     return det
 
 

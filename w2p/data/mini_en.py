@@ -26,7 +26,6 @@ Design choices
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -216,9 +215,8 @@ def gen_pres(rng) -> Item:
         en_o, fr_o = L.noun_phrase("", noun, True, adj)  # generic bare plural -> les
         fr_o = ["les"] + fr_o
     else:
-        en_o, fr_o, _, det, _ = _object_np(rng, noun, allow_bare=base != "need", allow_some=base != "need")
-        if base == "need" and fr_o[0] in ("un", "une"):
-            pass  # j'ai besoin d'un livre: elision handled by join_fr
+        # "need" takes de + determiner (j'ai besoin d'un livre, du pain): no bare/"some" plurals
+        en_o, fr_o, *_ = _object_np(rng, noun, allow_bare=base != "need", allow_some=base != "need")
     en = f"{en_s} {en_v} {en_o}"
     fr = fr_s + fr_forms[idx].split() + fr_o
     return Item(sentence_case(en), ref=_fr_sentence(fr), family="st_pres")
@@ -579,7 +577,7 @@ def _sqa_gave(rng):
     col = rng.choice(COLOUR_ADJS)
     en_np, _ = L.noun_phrase("a", noun, False, next(x for x in L.ADJS if x.en == col))
     st = f"{a} gave {b} {en_np}"
-    qs = [(f"What did {a} give {b}?", f"{col} {noun.en}" if False else noun.en), (f"Who gave {b} the {noun.en}?", a),
+    qs = [(f"What did {a} give {b}?", noun.en), (f"Who gave {b} the {noun.en}?", a),
           (f"What colour was the {noun.en}?", col), (f"Who got the {noun.en}?", b)]
     return st, rng.choice(qs)
 
