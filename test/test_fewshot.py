@@ -94,18 +94,34 @@ def test_prompt_parts_are_the_zero_shot_templates():
 
 
 def test_task_ce_matches_frozen_llm_ce(small):
+    """Prefix-cached, grouped, right-padded CE == FrozenLLM.ce_loss on the decoder's prompt, utterance by utterance;
+    the prompt split is exactly the one build_inputs (decoding) splices."""
+    from w2p.models.fewshot import _split_prompt
+
     llm = small
-    """Same prompt rendering as decoding; per-utterance CE equals FrozenLLM.ce_loss utterance by utterance."""
-    speech = [llm.embed(torch.tensor(llm.tokenize(["the cat sat on the mat"])[0])), "hello there"]
-    pres, posts = ["Translate into French: "] * 2, ["", ""]
-    targets = ["Le chat", "Bonjour à tous les amis"]
-    ours = task_ce(llm, speech, pres, posts, targets)
-    ref = [llm.ce_loss("Translate into French: {speech}", [s], [t]) for s, t in zip(speech, targets)]
-    assert torch.allclose(ours, torch.stack(ref).mean(), atol=1e-4)
-    # the prompt seen in training is the one decoding builds
-    a = llm.build_inputs("{_pre}{speech}{_post}", speech[1:], _pre=pres[1:], _post=posts[1:])
-    b = llm.build_inputs(TASKS["st"].template, speech[1:])
-    assert torch.equal(a.inputs_embeds, b.inputs_embeds)
+    torch.manual_seed(0)
+    speech = [torch.randn(5, llm.embed_dim), "hello there", torch.randn(3, llm.embed_dim), torch.randn(7, llm.embed_dim)]
+    tasks = ["st", "st", "sqa", "sqa"]
+    fields = [{}, {}, {"question": "Who is it?"}, {"question": "Where is the big red house now?"}]
+    parts = [prompt_parts(t, f) for t, f in zip(tasks, fields)]
+    pres, posts = [p[0] for p in parts], [p[1] for p in parts]
+    targets = ["Le chat", "Bonjour à tous les amis", "John", "in the garden"]
+    ref = torch.stack([llm.ce_loss(TASKS[t].template, [s], [y], **{k: [v] for k, v in f.items()})
+                       for t, s, y, f in zip(tasks, speech, targets, fields)]).mean()
+    cache = {}
+    for c in (None, cache, cache):  # no cache, cache fill, cache hit
+        assert torch.allclose(task_ce(llm, speech, pres, posts, targets, prefix_cache=c), ref, atol=1e-5)
+    assert len(cache) == 2
+    # gradients reach the speech vectors
+    sp = [x.clone().requires_grad_() if torch.is_tensor(x) else x for x in speech]
+    task_ce(llm, sp, pres, posts, targets, prefix_cache=cache).backward()
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in sp if torch.is_tensor(x))
+    for t, s, f in zip(tasks, speech, fields):
+        if torch.is_tensor(s):
+            b, a = _split_prompt(llm, *prompt_parts(t, f))
+            want = torch.cat([llm.embed(torch.tensor(b)), s, llm.embed(torch.tensor(a))])
+            got = llm.build_inputs(TASKS[t].template, [s], **{k: [v] for k, v in f.items()}).inputs_embeds[0]
+            assert torch.equal(got, want)
 
 
 def test_fewshot_loss_terms_and_grads(small):

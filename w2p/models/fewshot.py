@@ -82,33 +82,90 @@ def batch_prompt_parts(batch: dict, tasks: list[str]) -> tuple[list[str], list[s
     return pres, posts
 
 
-def task_ce(llm, speech: list, pres: list[str], posts: list[str], targets: list[str]) -> torch.Tensor:
+def _prefix_kv(llm, ids: list[int], cache: dict | None):
+    """Keys/values of the LLM for the shared prompt prefix (system turn + user text before {speech}): computed
+    once and reused while the LLM is frozen (``cache``); recomputed with gradients when LoRA adapters train."""
+    key = (tuple(ids), str(llm.device), str(llm.dtype))
+    if cache is not None and key in cache:
+        return cache[key]
+    body = llm.model.get_decoder()
+    with torch.set_grad_enabled(cache is None and torch.is_grad_enabled()):
+        e = llm.embed(torch.tensor(ids, dtype=torch.long, device=llm.device))[None]
+        pkv = body(inputs_embeds=e, position_ids=torch.arange(len(ids), device=llm.device)[None],
+                   use_cache=True).past_key_values
+        kv = [(layer.keys, layer.values) for layer in pkv.layers]
+    if cache is not None:
+        if len(cache) > 64:
+            cache.clear()
+        cache[key] = kv
+    return kv
+
+
+def _split_prompt(llm, pre: str, post: str) -> tuple[list[int], list[int]]:
+    """Token ids before / after {speech} of the chat-rendered user turn ``pre + {speech} + post``: exactly what
+    ``FrozenLLM.build_inputs`` splices (asserted by the tests)."""
+    sentinel = "\x00W2PSPEECH\x00"
+    before, after = llm.render(pre + sentinel + post).split(sentinel)
+    tok = llm.tokenizer
+    return tok(before, add_special_tokens=False)["input_ids"], tok(after, add_special_tokens=False)["input_ids"]
+
+
+def task_ce(llm, speech: list, pres: list[str], posts: list[str], targets: list[str], *,
+            prefix_cache: dict | None = None) -> torch.Tensor:
     """Per-utterance mean token CE of ``targets`` (+ eos) given the chat-rendered prompt ``pre + speech + post``,
     averaged over the batch (so a 2-token intent weighs as much as a 20-token translation).
 
-    Only the public FrozenLLM API is used for the prompt (``build_inputs``, identical to decoding); the targets
-    are appended after the left-padded prompt (right padding), and the LM head is applied to target positions
-    only (the 49k-way head is a fifth of the 135M model's forward cost)."""
-    if not (len(speech) == len(pres) == len(posts) == len(targets)):
-        raise ValueError("task_ce: speech, prompt parts and targets must have the same length")
-    inp = llm.build_inputs("{_pre}" + SPEECH + "{_post}", speech, _pre=pres, _post=posts)
-    dev = inp.inputs_embeds.device
-    ids = [x + [llm.eos_id] for x in llm.tokenize(list(targets))]
-    tgt, tlen = _pad_ids(ids, llm.pad_id, dev)
-    T = tgt.shape[1]
-    tmask = (torch.arange(T, device=dev)[None, :] < tlen[:, None]).long()
-    embeds = torch.cat([inp.inputs_embeds, llm.embed(tgt).to(inp.inputs_embeds.dtype)], 1)
-    mask = torch.cat([inp.attention_mask.to(dev), tmask], 1)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    body = llm.model.get_decoder() if hasattr(llm.model, "get_decoder") else llm.model.model
-    hidden = body(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
-    L = inp.inputs_embeds.shape[1]
-    # the last prompt position predicts target token 0; target token j predicts j+1
-    h = hidden[:, L - 1:L - 1 + T]
-    logits = llm.model.get_output_embeddings()(h).float()
-    tok = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                      reduction="none").view(tgt.shape) * tmask
-    return (tok.sum(1) / tlen.float()).mean()
+    Mathematically the loss of the full left-padded prompt that decoding builds, computed cheaper: utterances are
+    grouped by their text before {speech}; that shared prefix (~30 tokens of system turn and instruction, half an
+    ST sequence) runs once per group as a KV cache, the rest (speech, text after it, target) is right-padded,
+    and the 49k-way LM head is applied to target positions only."""
+    n = len(speech)
+    if not (n == len(pres) == len(posts) == len(targets)) or n == 0:
+        raise ValueError("task_ce: speech, prompt parts and targets must be non-empty and of the same length")
+    from transformers import DynamicCache
+
+    body = llm.model.get_decoder()
+    head = llm.model.get_output_embeddings()
+    dev = llm.device
+    tgt_ids = [x + [llm.eos_id] for x in llm.tokenize(list(targets))]
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(pres):
+        groups.setdefault(p, []).append(i)
+    per_utt = [None] * n
+    for pre, idx in groups.items():
+        before = None
+        rows, spans = [], []
+        for i in idx:
+            b, a = _split_prompt(llm, pre, posts[i])
+            before = b
+            sp = speech[i]
+            if isinstance(sp, str):
+                sp = llm.embed(torch.tensor(llm.tokenize([sp])[0], dtype=torch.long, device=dev))
+            elif sp.dim() != 2 or sp.shape[1] != llm.embed_dim:
+                raise ValueError(f"speech[{i}] must be (U, {llm.embed_dim}), got {tuple(sp.shape)}")
+            ctx = torch.cat([sp.to(device=dev, dtype=llm.dtype),
+                             llm.embed(torch.tensor(a + tgt_ids[i], dtype=torch.long, device=dev))], 0)
+            rows.append(ctx)
+            spans.append((ctx.shape[0] - len(tgt_ids[i]), len(tgt_ids[i])))  # target start, length
+        B, P = len(idx), len(before)
+        L = max(r.shape[0] for r in rows)
+        x = rows[0].new_zeros(B, L, llm.embed_dim)
+        mask = torch.zeros(B, P + L, dtype=torch.long, device=dev)
+        mask[:, :P] = 1
+        for r, row in enumerate(rows):
+            x[r, :row.shape[0]] = row
+            mask[r, P:P + row.shape[0]] = 1
+        kv = _prefix_kv(llm, before, prefix_cache)
+        cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv],
+                             config=llm.model.config)
+        pos = P + torch.arange(L, device=dev)[None].expand(B, -1)
+        hidden = body(inputs_embeds=x, attention_mask=mask, position_ids=pos, cache=cache,
+                      use_cache=True).last_hidden_state
+        for r, (i, (s, t)) in enumerate(zip(idx, spans)):
+            # position s-1 (last prompt token) predicts target token 0
+            logits = head(hidden[r, s - 1:s - 1 + t]).float()
+            per_utt[i] = nn.functional.cross_entropy(logits, torch.tensor(tgt_ids[i], device=dev))
+    return torch.stack(per_utt).mean()
 
 
 # -- LoRA ---------------------------------------------------------------------------------------------------------
@@ -167,6 +224,8 @@ class FewShotWav2Prompt(Wav2Prompt):
         self.task = task
         self.llm_lora = bool(llm_lora)
         self.lora = attach_lora(llm, lora_conf) if self.llm_lora else None
+        # the prompt prefix depends on the LLM only: cacheable unless LoRA adapters change the LLM
+        self._prefix_cache: dict | None = None if self.llm_lora else {}
 
     def forward(self, batch: dict):
         feats, feat_lens = batch["feats"], batch["feat_lens"]
@@ -202,7 +261,7 @@ class FewShotWav2Prompt(Wav2Prompt):
         speech = [pred[i, :lens[i]] * self.emb_scale for i in range(len(lens))]
         pres, posts = batch_prompt_parts(batch, tasks)
         targets = [task_target(t, r) for t, r in zip(tasks, batch["ref"])]
-        ce = task_ce(self.llm, speech, pres, posts, targets).to(dev)
+        ce = task_ce(self.llm, speech, pres, posts, targets, prefix_cache=self._prefix_cache).to(dev)
         loss = loss + self.task_ce_weight * ce
         stats["ce"] = float(ce.detach())
         if not self.training and len(set(tasks)) > 1:  # per-task CE in the validation logs
@@ -210,7 +269,8 @@ class FewShotWav2Prompt(Wav2Prompt):
                 for t in sorted(set(tasks)):
                     sel = [i for i, x in enumerate(tasks) if x == t]
                     stats[f"ce_{t}"] = float(task_ce(self.llm, [speech[i] for i in sel], [pres[i] for i in sel],
-                                                     [posts[i] for i in sel], [targets[i] for i in sel]))
+                                                     [posts[i] for i in sel], [targets[i] for i in sel],
+                                                     prefix_cache=self._prefix_cache))
         stats["loss"] = float(loss.detach())
         return loss, stats
 
@@ -263,5 +323,5 @@ class CascadeLoRA(_cascade_base()):
         speech = [self._transcripts[u] for u in batch["utt_ids"]]
         pres, posts = batch_prompt_parts(batch, tasks)
         targets = [task_target(t, r) for t, r in zip(tasks, batch["ref"])]
-        ce = task_ce(self.llm, speech, pres, posts, targets)
+        ce = task_ce(self.llm, speech, pres, posts, targets)  # no prefix cache: the LoRA LLM changes every step
         return ce, {"ce": float(ce.detach()), "loss": float(ce.detach())}
