@@ -1,0 +1,119 @@
+"""Zero-shot decoding (recipe stage 6): every system x every task on the test sets, one frozen LLM.
+
+  python -m w2p.bin.decode --config conf/decode.yaml [--dump_dir dump/fbank] [--systems wav2prompt,cascade]
+         [--tasks st,slu] [--llm smollm2-135m] [--key value overrides, e.g. --beam 5 --max_utts null]
+
+Writes <system out dir>/decode_<task>_<set>/{hyp,ref,timing.json} (+ asr_hyp for the cascade).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import torch
+import yaml
+
+DEFAULTS = {
+    "llm": "smollm2-135m",
+    "llm_dtype": "float32",
+    "device": "cpu",
+    "beam": 5,
+    "repetition_penalty": 1.5,
+    "batch_size": 16,
+    "max_utts": None,  # cap per test set (first N sorted utterance ids); None = all
+    "asr_beam": 1,  # CTC prefix-beam width for the cascade's ASR (1 = greedy)
+    "calibrate": True,  # SLU closed-set choice calibrated with a content-free input
+    "num_threads": None,
+    "tasks": {"asr": "test", "st": "st_test", "slu": "slu_test", "sqqa": "sqqa_test", "sqa": "sqa_test"},
+    "systems": {
+        "wav2prompt": {"kind": "wav2prompt", "exp": "exp/w2p"},
+        "cascade": {"kind": "cascade", "exp": "exp/asr_ctc", "out": "exp/cascade"},
+        "encoder_llm": {"kind": "encoder_llm", "exp": "exp/encoder_llm"},
+        "w2p_nomse": {"kind": "wav2prompt", "exp": "exp/w2p_nomse"},
+        "gold": {"kind": "gold", "out": "exp/gold_text"},
+    },
+}
+
+
+def load_config(path: str | None, overrides: list[str]) -> dict:
+    from w2p.train.config import apply_overrides
+
+    conf = dict(DEFAULTS)
+    if path:
+        if not os.path.isfile(path):
+            raise SystemExit(f"decode config {path} not found")
+        with open(path) as f:
+            conf.update(yaml.safe_load(f) or {})
+    return apply_overrides(conf, overrides)
+
+
+def out_dir_of(spec: dict, name: str) -> str:
+    return spec.get("out") or spec.get("exp") or os.path.join("exp", name)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="decode YAML (conf/decode.yaml)")
+    p.add_argument("--dump_dir", default="dump/fbank", help="parent of the <set> feature dirs")
+    p.add_argument("--systems", default=None, help="comma-separated subset of the config's systems")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of asr,st,slu,sqqa,sqa")
+    p.add_argument("--llm", default=None, help="frozen LLM source (overrides the config)")
+    p.add_argument("--skip_missing", action="store_true",
+                   help="skip (with a warning) systems whose trained model is missing instead of failing")
+    args, extra = p.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    conf = load_config(args.config, extra)
+    if args.llm:
+        conf["llm"] = args.llm
+    if conf.get("num_threads"):
+        torch.set_num_threads(int(conf["num_threads"]))
+
+    from w2p.decode import System, decode_task, load_set, load_trained, references, write_decode_dir
+    from w2p.llm import FrozenLLM
+    from w2p.tasks import get_task
+
+    systems = conf["systems"]
+    names = args.systems.split(",") if args.systems else list(systems)
+    for n in names:
+        if n not in systems:
+            raise SystemExit(f"unknown system '{n}'; the config defines: {', '.join(systems)}")
+    tasks = conf["tasks"]
+    tnames = args.tasks.split(",") if args.tasks else list(tasks)
+    for t in tnames:
+        get_task(t)
+        if t not in tasks:
+            raise SystemExit(f"task '{t}' has no test set in the config's tasks: {tasks}")
+
+    llm = FrozenLLM.load(conf["llm"], dtype=getattr(torch, conf["llm_dtype"]), device=conf["device"])
+    sets = {t: load_set(os.path.join(args.dump_dir, tasks[t]), max_utts=conf["max_utts"]) for t in tnames}
+    t_all = time.perf_counter()
+    for name in names:
+        spec = systems[name]
+        model = None
+        if spec["kind"] != "gold":
+            exp = spec["exp"]
+            if not os.path.isfile(os.path.join(exp, "config.yaml")) and args.skip_missing:
+                logging.warning("system %s: %s has no trained model, skipped", name, exp)
+                continue
+            model, _ = load_trained(exp, llm, conf["device"])
+        system = System(name, spec["kind"], model, asr_beam=int(conf["asr_beam"]))
+        for t in tnames:
+            ts = sets[t]
+            hyps, timing = decode_task(llm, system, t, ts, beam=int(conf["beam"]),
+                                       repetition_penalty=float(conf["repetition_penalty"]),
+                                       max_new_tokens=(conf.get("max_new_tokens") or {}).get(t),
+                                       batch_size=int(conf["batch_size"]), template=(conf.get("templates") or {}).get(t),
+                                       calibrate=bool(conf["calibrate"]))
+            out = os.path.join(out_dir_of(spec, name), f"decode_{t}_{ts.name}")
+            write_decode_dir(out, hyps, references(t, ts), timing)
+            logging.info("%s / %s: %d utts in %.1f s (RTF %.3f) -> %s", name, t, len(hyps), timing["decode_sec"],
+                         timing["decode_sec"] / max(1e-9, timing["audio_sec"]), out)
+    logging.info("decoding done in %.1f s", time.perf_counter() - t_all)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Scoring (recipe stage 9): score every decode dir, write RESULTS.md (systems x tasks) and the two figures.
+
+  python -m w2p.bin.score --config conf/decode.yaml [--dump_dir dump/fbank] [--out RESULTS.md]
+         [--plot_system wav2prompt] [--no_plots]
+
+RESULTS.md, images/cif_alignment.png and images/training_curves.png are written in the recipe dir (atomically).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+LABELS = {
+    "wav2prompt": "Wav2Prompt (zero-shot)",
+    "cascade": "ASR→LLM cascade (CTC)",
+    "encoder_llm": "Encoder-LLM (prior work)",
+    "w2p_nomse": "Wav2Prompt w/o MSE (ablation)",
+    "gold": "gold-text topline",
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="decode YAML (same file as stage 6)")
+    p.add_argument("--dump_dir", default="dump/fbank")
+    p.add_argument("--out", default="RESULTS.md")
+    p.add_argument("--image_dir", default="images")
+    p.add_argument("--plot_system", default="wav2prompt", help="Wav2Prompt system whose CIF alignment is plotted")
+    p.add_argument("--plot_utts", type=int, default=3)
+    p.add_argument("--no_plots", action="store_true")
+    p.add_argument("--skip_missing", action="store_true", help="leave systems without decode dirs out of the table")
+    args, extra = p.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    from w2p.bin.decode import load_config, out_dir_of
+    from w2p.score import results_markdown, score_decode_dir, write_text_atomic
+
+    conf = load_config(args.config, extra)
+    results: dict[str, dict] = {}
+    for name, spec in conf["systems"].items():
+        per = {}
+        for task, set_name in conf["tasks"].items():
+            d = os.path.join(out_dir_of(spec, name), f"decode_{task}_{set_name}")
+            if not os.path.isfile(os.path.join(d, "hyp")):
+                if args.skip_missing:
+                    logging.warning("%s: no decoding output, left out", d)
+                    continue
+                raise SystemExit(f"{d}/hyp missing: run stage 6 (decoding) first, or pass --skip_missing")
+            per[task] = score_decode_dir(d, task)
+            logging.info("%s / %s: %s", name, task, per[task])
+        if per:
+            results[name] = per
+    if not results:
+        raise SystemExit("nothing to score: no decode dirs found (run stage 6)")
+
+    figures = []
+    if not args.no_plots:
+        os.makedirs(args.image_dir, exist_ok=True)
+        figures += _plots(conf, args)
+    cfg = {"LLM": conf["llm"], "decoding": f"beam {conf['beam']}, repetition penalty {conf['repetition_penalty']}, "
+           f"SLU = calibrated closed-set choice over the listed intents; cascade ASR "
+           f"{'greedy CTC' if int(conf['asr_beam']) <= 1 else 'CTC prefix beam ' + str(conf['asr_beam'])}",
+           "test utterances per task": "all" if not conf.get("max_utts") else f"first {conf['max_utts']} (sorted ids)",
+           "config": args.config or "defaults"}
+    md = results_markdown(results, system_labels=LABELS, config=cfg, figures=figures)
+    write_text_atomic(args.out, md)
+    print(md)
+    return 0
+
+
+def _plots(conf: dict, args) -> list[str]:
+    import torch
+
+    from w2p.plots import cif_alignment_plot, training_curves_plot
+
+    out = []
+    trained = {LABELS.get(n, n): s["exp"] for n, s in conf["systems"].items() if s.get("exp")}
+    path = training_curves_plot(trained, os.path.join(args.image_dir, "training_curves.png"))
+    if path:
+        out.append(path)
+    spec = conf["systems"].get(args.plot_system)
+    if spec and spec.get("kind") == "wav2prompt" and os.path.isfile(os.path.join(spec["exp"], "config.yaml")):
+        from w2p.decode import load_set, load_trained
+        from w2p.llm import FrozenLLM
+
+        llm = FrozenLLM.load(conf["llm"], dtype=getattr(torch, conf["llm_dtype"]))
+        model, _ = load_trained(spec["exp"], llm)
+        ts = load_set(os.path.join(args.dump_dir, conf["tasks"].get("asr", "test")), max_utts=args.plot_utts)
+        utts = [(u, ts.feats(u), ts.text[u]) for u in ts.utt_ids]
+        out.append(cif_alignment_plot(model, llm, utts, os.path.join(args.image_dir, "cif_alignment.png")))
+    else:
+        logging.warning("no trained %s model: CIF alignment plot skipped", args.plot_system)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

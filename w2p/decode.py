@@ -1,0 +1,261 @@
+"""Zero-shot decoding of every system on every task with one frozen LLM (recipe stage 6).
+
+Systems (``kind``):
+  wav2prompt   speech -> Wav2Prompt prompt vectors spliced at {speech} (also the no-MSE ablation: same kind);
+  encoder_llm  speech -> stacked encoder frames -> linear connector, spliced at {speech};
+  cascade      speech -> CTC ASR transcript (text) at {speech};
+  gold         the reference transcript (text) at {speech}: the LLM's own ceiling.
+Generation tasks use beam search + repetition penalty; the SLU task is a calibrated closed-set choice over the
+listed intents (see w2p/tasks.py for why). Output per system/task: <exp>/decode_<task>_<set>/{hyp,ref,timing.json}.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from w2p.score import read_kv, write_kv_atomic, write_text_atomic
+from w2p.tasks import CALIBRATION_INPUT, canonical_intent, get_task, intents_prompt, readable_intent
+
+log = logging.getLogger(__name__)
+
+FRAME_SHIFT = 0.01  # seconds per fbank frame
+
+
+# -- test sets ----------------------------------------------------------------------------------------------------
+@dataclass
+class TestSet:
+    name: str
+    dump_dir: str
+    utt_ids: list[str]
+    text: dict[str, str]
+    fields: dict[str, dict[str, str]] = field(default_factory=dict)  # ref, question, ... (utt -> str)
+    intents: list[str] | None = None
+    num_frames: dict[str, int] = field(default_factory=dict)
+    _feats: object = None
+
+    def feats(self, utt: str) -> torch.Tensor:
+        x = self._feats[utt]
+        return torch.as_tensor(x, dtype=torch.float32)
+
+    def audio_sec(self, utts: list[str] | None = None) -> float:
+        return FRAME_SHIFT * sum(self.num_frames.get(u, 0) for u in (utts or self.utt_ids))
+
+
+def load_set(dump_dir: str, *, max_utts: int | None = None) -> TestSet:
+    """A dump dir (feats.scp, utt2num_frames, text, optional ref / question / intents); the first ``max_utts``
+    utterances in sorted id order are kept (deterministic cap)."""
+    import kaldiio
+
+    scp = os.path.join(dump_dir, "feats.scp")
+    if not os.path.isfile(scp):
+        raise FileNotFoundError(f"{scp} not found: run stage 2 (features) for this set first")
+    text_p = os.path.join(dump_dir, "text")
+    if not os.path.isfile(text_p):
+        raise FileNotFoundError(f"{text_p} not found (every set needs its transcripts)")
+    text = read_kv(text_p)
+    feats = kaldiio.load_scp(scp)
+    utts = sorted(u for u in text if u in feats)
+    if not utts:
+        raise ValueError(f"{dump_dir}: no utterance has both a transcript and features")
+    if max_utts:
+        utts = utts[: int(max_utts)]
+    flds = {}
+    for name in ("ref", "question", "slots"):
+        p = os.path.join(dump_dir, name)
+        if os.path.isfile(p):
+            flds[name] = read_kv(p)
+            miss = [u for u in utts if u not in flds[name]]
+            if miss:
+                raise ValueError(f"{p}: no entry for {len(miss)} utterance(s), e.g. {miss[0]}")
+    intents = None
+    p = os.path.join(dump_dir, "intents")
+    if os.path.isfile(p):
+        with open(p, encoding="utf-8") as f:
+            intents = [x.strip() for x in f if x.strip()]
+    nf_p = os.path.join(dump_dir, "utt2num_frames")
+    nf = {k: int(v) for k, v in read_kv(nf_p).items()} if os.path.isfile(nf_p) else {}
+    ts = TestSet(os.path.basename(os.path.normpath(dump_dir)), dump_dir, utts, text, flds, intents, nf, feats)
+    for u in utts:
+        if u not in ts.num_frames:
+            ts.num_frames[u] = int(ts.feats(u).shape[0])
+    return ts
+
+
+def batches(ts: TestSet, batch_size: int) -> list[list[str]]:
+    """Utterances grouped by length (less padding), in a deterministic order."""
+    order = sorted(ts.utt_ids, key=lambda u: (ts.num_frames.get(u, 0), u))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_feats(mats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor([m.shape[0] for m in mats], dtype=torch.long)
+    out = mats[0].new_zeros(len(mats), int(lens.max()), mats[0].shape[1])
+    for i, m in enumerate(mats):
+        out[i, : m.shape[0]] = m
+    return out, lens
+
+
+# -- systems ------------------------------------------------------------------------------------------------------
+def load_trained(exp_dir: str, llm, device="cpu"):
+    """Model from <exp_dir>/config.yaml + model.safetensors (packed) or model.pt (trainer output)."""
+    from w2p.models import load_trained as _load
+
+    st = os.path.join(exp_dir, "model.safetensors")
+    return _load(exp_dir, llm, checkpoint=st if os.path.isfile(st) else None, device=device)
+
+
+def speech_prompts(model, feats: torch.Tensor, feat_lens: torch.Tensor) -> list[torch.Tensor]:
+    """Prompt vectors of a speech model, whatever its inference method is called."""
+    for name in ("prompt_vectors", "prompts", "infer"):
+        fn = getattr(model, name, None)
+        if callable(fn):
+            out = fn(feats, feat_lens)
+            if isinstance(out, tuple):
+                out = out[0]
+            if torch.is_tensor(out):  # (B, U, D) + lengths are not expected here
+                raise TypeError(f"{type(model).__name__}.{name} returned a tensor, expected a list of (U, D)")
+            return list(out)
+    raise TypeError(f"{type(model).__name__} has no prompt_vectors(feats, feat_lens) method")
+
+
+class System:
+    """One decoding system: turns a batch of utterances into the {speech} fill (vectors or text)."""
+
+    def __init__(self, name: str, kind: str, model=None, *, asr_beam: int = 1):
+        if kind not in ("wav2prompt", "encoder_llm", "cascade", "gold"):
+            raise ValueError(f"unknown system kind '{kind}' (wav2prompt | encoder_llm | cascade | gold)")
+        if kind != "gold" and model is None:
+            raise ValueError(f"system {name}: kind {kind} needs a trained model")
+        self.name, self.kind, self.model, self.asr_beam = name, kind, model, asr_beam
+        self.last_transcripts: list[str] | None = None
+
+    @torch.inference_mode()
+    def speech(self, ts: TestSet, utts: list[str]) -> list:
+        if self.kind == "gold":
+            return [ts.text[u] for u in utts]
+        device = next(self.model.parameters()).device
+        feats, lens = pad_feats([ts.feats(u) for u in utts])
+        feats, lens = feats.to(device), lens.to(device)
+        if self.kind == "cascade":
+            out = self.model.transcribe(feats, lens, beam=self.asr_beam)
+            # an empty transcript would leave {speech} empty; keep the prompt well-formed
+            self.last_transcripts = out
+            return [t if t.strip() else "…" for t in out]
+        return [p.detach() for p in speech_prompts(self.model, feats, lens)]
+
+
+# -- closed-set scoring -------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def choice_logprobs(llm, inputs, candidates: list[str]) -> torch.Tensor:
+    """log P(candidate + eos | prompt) for every prompt row x candidate: (B, K). The prompt runs once; its KV
+    cache is repeated over the candidates."""
+    model = llm.model
+    e, mask = inputs.inputs_embeds.to(llm.device), inputs.attention_mask.to(llm.device)
+    B, K = e.shape[0], len(candidates)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(inputs_embeds=e, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    first_lp = torch.log_softmax(out.logits[:, -1].float(), -1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(K)
+    ids = [x + [llm.eos_id] for x in llm.tokenize(list(candidates))]
+    Lc = max(map(len, ids))
+    cid = torch.full((K, Lc), llm.pad_id, dtype=torch.long)
+    cm = torch.zeros(K, Lc, dtype=torch.long)
+    for k, x in enumerate(ids):
+        cid[k, : len(x)] = torch.tensor(x)
+        cm[k, : len(x)] = 1
+    cid, cm = cid.to(llm.device), cm.to(llm.device)
+    cidB, cmB = cid.repeat(B, 1), cm.repeat(B, 1)
+    am = torch.cat([mask.repeat_interleave(K, 0), cmB], 1)
+    cpos = mask.sum(1).repeat_interleave(K)[:, None] + torch.arange(Lc, device=llm.device)[None]
+    o2 = model(inputs_embeds=llm.embed(cidB), attention_mask=am, position_ids=cpos, past_key_values=cache,
+               use_cache=False)
+    lp = torch.log_softmax(o2.logits.float(), -1)  # position j predicts candidate token j+1
+    first = first_lp.repeat_interleave(K, 0).gather(1, cidB[:, :1])[:, 0]
+    rest = (lp[:, :-1].gather(2, cidB[:, 1:, None])[..., 0] * cmB[:, 1:]).sum(1)
+    return (first + rest).view(B, K)
+
+
+def choose(llm, template: str, speech: list, candidates: list[str], *, calibrate: bool = True,
+           chunk: int = 8, **fields) -> list[int]:
+    """Index of the best candidate per utterance; calibrated by a content-free input when ``calibrate``."""
+    scores = []
+    for s in range(0, len(speech), chunk):
+        sub = {k: (v[s:s + chunk] if isinstance(v, list) else v) for k, v in fields.items()}
+        scores.append(choice_logprobs(llm, llm.build_inputs(template, speech[s:s + chunk], **sub), candidates))
+    sc = torch.cat(scores, 0)
+    if calibrate:
+        sub = {k: (v[:1] if isinstance(v, list) else v) for k, v in fields.items()}
+        sc = sc - choice_logprobs(llm, llm.build_inputs(template, [CALIBRATION_INPUT], **sub), candidates)
+    return sc.argmax(1).tolist()
+
+
+# -- one system x one task ----------------------------------------------------------------------------------------
+def decode_task(llm, system: System, task_name: str, ts: TestSet, *, beam: int = 5, repetition_penalty: float = 1.5,
+                max_new_tokens: int | None = None, batch_size: int = 16, template: str | None = None,
+                calibrate: bool = True) -> tuple[dict[str, str], dict]:
+    """Returns (hyp per utt, timing/stats). The reference for ASR is the transcript, otherwise ``ref``."""
+    task = get_task(task_name)
+    tpl = template or task.template
+    mnt = max_new_tokens or task.max_new_tokens
+    if task.mode == "choice" and not ts.intents:
+        raise FileNotFoundError(f"{ts.dump_dir}/intents missing: the {task_name} task needs the label set")
+    hyps: dict[str, str] = {}
+    transcripts: dict[str, str] = {}
+    n_vec = 0
+    t0 = time.perf_counter()
+    for utts in batches(ts, batch_size):
+        sp = system.speech(ts, utts)
+        if system.kind == "cascade" and system.last_transcripts is not None:
+            transcripts.update(zip(utts, system.last_transcripts))
+        n_vec += sum(x.shape[0] if torch.is_tensor(x) else 0 for x in sp)
+        fields: dict = {}
+        if "question" in task.fields:
+            if "question" not in ts.fields:
+                raise FileNotFoundError(f"{ts.dump_dir}/question missing: the {task_name} task needs it")
+            fields["question"] = [ts.fields["question"][u] for u in utts]
+        if task.mode == "choice":
+            fields["intents"] = intents_prompt(ts.intents)
+            cands = [readable_intent(i) for i in ts.intents]
+            best = choose(llm, tpl, sp, cands, calibrate=calibrate, **fields)
+            out = [canonical_intent(ts.intents[b]) for b in best]
+        else:
+            out = llm.generate(llm.build_inputs(tpl, sp, **fields), max_new_tokens=mnt, num_beams=beam,
+                               repetition_penalty=repetition_penalty, batch_size=batch_size)
+        for u, h in zip(utts, out):
+            hyps[u] = " ".join(h.split())  # one line per utterance in a Kaldi-style file
+    dt = time.perf_counter() - t0
+    timing = {"decode_sec": round(dt, 3), "audio_sec": round(ts.audio_sec(), 3), "n_utts": len(ts.utt_ids),
+              "system": system.name, "task": task_name, "beam": beam, "repetition_penalty": repetition_penalty,
+              "max_new_tokens": mnt, "template": tpl}
+    if n_vec:
+        timing["mean_prompt_vectors"] = round(n_vec / len(ts.utt_ids), 2)
+    if transcripts:
+        timing["transcripts"] = transcripts
+    return hyps, timing
+
+
+def references(task_name: str, ts: TestSet) -> dict[str, str]:
+    if task_name == "asr":
+        return {u: ts.text[u] for u in ts.utt_ids}
+    if "ref" not in ts.fields:
+        raise FileNotFoundError(f"{ts.dump_dir}/ref missing: task set {ts.name} needs references")
+    ref = {u: ts.fields["ref"][u] for u in ts.utt_ids}
+    if task_name == "slu":
+        ref = {u: canonical_intent(v) for u, v in ref.items()}
+    return ref
+
+
+def write_decode_dir(out_dir: str, hyps: dict[str, str], refs: dict[str, str], timing: dict) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    transcripts = timing.pop("transcripts", None)
+    if transcripts:
+        write_kv_atomic(os.path.join(out_dir, "asr_hyp"), {u: " ".join(t.split()) for u, t in transcripts.items()})
+    write_kv_atomic(os.path.join(out_dir, "hyp"), hyps)
+    write_kv_atomic(os.path.join(out_dir, "ref"), {u: " ".join(r.split()) for u, r in refs.items()})
+    write_text_atomic(os.path.join(out_dir, "timing.json"), json.dumps(timing, indent=1, ensure_ascii=False) + "\n")
