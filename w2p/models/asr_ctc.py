@@ -34,9 +34,7 @@ class CTCASR(nn.Module):
         self.head = nn.Linear(self.encoder.output_size(), self.vocab_size + 1)
         self.ctc = nn.CTCLoss(blank=self.blank, reduction="sum", zero_infinity=True)
 
-    @property
-    def needs_llm(self) -> bool:
-        return False
+    needs_llm = False  # a class attribute: the trainer can tell before building that no LLM is needed
 
     @property
     def sp(self):
