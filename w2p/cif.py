@@ -52,7 +52,8 @@ gives the same outputs (tested):
    shorter rows in their first padded position.
 3. Tail: torch-cif detaches the ``beta / r`` normaliser; our gradient includes it.  With
    ``r == 0`` and ``tail_threshold <= 0`` torch-cif produces NaN (``beta / 0``); we fire no tail.
-4. Running sum in fp64 (torch-cif: fp32 cumsum, which drifts over thousands of frames).
+4. Running sum kept in fp64; torch-cif stores its cumsum in float32 (~3e-5 resolution at a sum of
+   500), so a running sum that ends within that distance of a boundary may fire one frame apart.
 5. Alphas above 1 are accepted (torch-cif asserts ``alpha <= 1`` unless ``unbound_alpha``); a
    training row whose alphas sum to 0 gives zeros (torch-cif: NaN); lengths may be 0.
 6. ``fire_frames`` (frame index of each fire) instead of torch-cif's ``delays``.
