@@ -40,7 +40,7 @@ class TestSet:
 
     def feats(self, utt: str) -> torch.Tensor:
         x = self._feats[utt]
-        return torch.as_tensor(x, dtype=torch.float32)
+        return torch.tensor(x, dtype=torch.float32)  # copies: kaldiio arrays are read-only
 
     def audio_sec(self, utts: list[str] | None = None) -> float:
         return FRAME_SHIFT * sum(self.num_frames.get(u, 0) for u in (utts or self.utt_ids))

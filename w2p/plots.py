@@ -97,8 +97,9 @@ def training_curves_plot(systems: dict[str, str], path: str, keys: tuple[str, ..
     runs = {k: v for k, v in runs.items() if v}
     if not runs:
         return None
-    extra = sorted({m for recs in runs.values() for r in recs for m in r
-                    if m.startswith("loss_") and isinstance(r[m], (int, float))})
+    present = {m for recs in runs.values() for r in recs for m, v in r.items() if isinstance(v, (int, float))}
+    # the loss terms of the different systems (Wav2Prompt: mse/qua/ctc/ce; baselines: loss_ctc / loss_ce)
+    extra = [k for k in ("mse", "ce", "loss_ce", "ctc", "loss_ctc") if k in present and k not in keys]
     panels = list(keys) + extra[:3]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for j, key in enumerate(panels):

@@ -76,7 +76,7 @@ def _plots(conf: dict, args) -> list[str]:
     from w2p.plots import cif_alignment_plot, training_curves_plot
 
     out = []
-    trained = {LABELS.get(n, n): s["exp"] for n, s in conf["systems"].items() if s.get("exp")}
+    trained = {n: s["exp"] for n, s in conf["systems"].items() if s.get("exp")}
     path = training_curves_plot(trained, os.path.join(args.image_dir, "training_curves.png"))
     if path:
         out.append(path)

@@ -159,7 +159,16 @@ fi
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
   log "Stage 5: baselines: CTC ASR (${asr_config}), Encoder-LLM (${encllm_config}), no-MSE (${nomse_config})"
   validate dump "run stages 2-3 first" ${fbankdir}/${train_set} ${fbankdir}/${valid_set}
-  echo "$0: stage 5 not implemented yet" >&2; exit 1
+  # the CTC ASR first: the two CE-only systems start from its encoder (prior-work practice; affordable on CPU)
+  for spec in "${asr_config} ${expdir}/asr_ctc" "${encllm_config} ${expdir}/encoder_llm --init ${expdir}/asr_ctc/model.pt" \
+              "${nomse_config} ${expdir}/wav2prompt_nomse --init ${expdir}/asr_ctc/model.pt"; do
+    set -- ${spec}
+    conf=$1; out=$2; shift 2
+    log "  train $(basename ${out}) (${conf})"
+    ${train_cmd} ${out}/log/train.run.log ${python} -m w2p.bin.train --config ${conf} --llm ${llm} \
+      --train_dir ${fbankdir}/${train_set} --valid_dir ${fbankdir}/${valid_set} --output_dir ${out} \
+      --num_threads ${nproc} --ngpu ${ngpu} --resume "$@"
+  done
 fi
 
 # ============================================================================ Stage 6: zero-shot decoding
@@ -167,7 +176,12 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
   log "Stage 6: zero-shot decoding of every system on ${task_sets}${test_sets}"
   # shellcheck disable=SC2046
   validate dump "run stage 2 first" $(prefixed ${fbankdir} ${test_sets} ${task_sets})
-  echo "$0: stage 6 not implemented yet" >&2; exit 1
+  # systems, tasks, beam, utterance caps: ${decode_config}; the exp dirs of stages 4-5 are passed in
+  ${decode_cmd} ${expdir}/decode/log/decode.log ${python} -m w2p.bin.decode --config ${decode_config} \
+    --dump_dir ${fbankdir} --llm ${llm} --num_threads ${nproc} --device $([ ${ngpu} -gt 0 ] && echo cuda || echo cpu) \
+    --systems.wav2prompt.exp ${expdir}/wav2prompt --systems.w2p_nomse.exp ${expdir}/wav2prompt_nomse \
+    --systems.encoder_llm.exp ${expdir}/encoder_llm --systems.cascade.exp ${expdir}/asr_ctc \
+    --systems.cascade.out ${expdir}/cascade --systems.gold.out ${expdir}/gold_text
 fi
 
 # ============================================================================ Stage 7: few-shot fine-tuning
@@ -188,14 +202,22 @@ fi
 
 # ============================================================================ Stage 9: scoring
 if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
-  log "Stage 9: scoring -> RESULTS.md"
-  echo "$0: stage 9 not implemented yet" >&2; exit 1
+  log "Stage 9: scoring -> RESULTS.md (+ images/cif_alignment.png, images/training_curves.png)"
+  ${python} -m w2p.bin.score --config ${decode_config} --dump_dir ${fbankdir} --llm ${llm} \
+    --out RESULTS.md --image_dir images \
+    --systems.wav2prompt.exp ${expdir}/wav2prompt --systems.w2p_nomse.exp ${expdir}/wav2prompt_nomse \
+    --systems.encoder_llm.exp ${expdir}/encoder_llm --systems.cascade.exp ${expdir}/asr_ctc \
+    --systems.cascade.out ${expdir}/cascade --systems.gold.out ${expdir}/gold_text
 fi
 
 # ============================================================================ Stage 10: pack model
 if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
-  log "Stage 10: pack a trained model for the inference CLI"
-  echo "$0: stage 10 not implemented yet" >&2; exit 1
+  log "Stage 10: pack ${expdir}/wav2prompt -> ${expdir}/packed/wav2prompt, then a smoke test of the inference CLI"
+  ${python} -m w2p.bin.pack_model --exp_dir ${expdir}/wav2prompt --cmvn ${fbankdir}/${train_set}/cmvn.npz \
+    --llm ${llm} --out_dir ${expdir}/packed/wav2prompt
+  head -n 2 ${datadir}/${test_sets%% *}/wav.scp > ${expdir}/packed/smoke.scp
+  ${python} -m w2p.bin.infer --model ${expdir}/packed/wav2prompt --task st --wav_scp ${expdir}/packed/smoke.scp \
+    --beam 1 | tee ${expdir}/packed/smoke.out
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"
