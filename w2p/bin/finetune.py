@@ -161,6 +161,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngpu", type=int, default=0, help="GPUs (0 = CPU)")
     p.add_argument("--nproc", type=int, default=0, help="processes per node")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation hold-out")
+    p.add_argument("--only_with_lora", action="store_true",
+                   help="do nothing (exit 0) unless LoRA is on (recipe: the cascade's few-shot variant)")
     return p
 
 
@@ -174,6 +176,15 @@ def main(argv=None) -> int:
     for t in tasks:
         if t not in TASKS:
             raise SystemExit(f"unknown task {t!r}; known: {', '.join(TASKS)}")
+    if args.only_with_lora:
+        with open(args.config, encoding="utf-8") as f:
+            lora = bool(((yaml.safe_load(f) or {}).get("model_conf") or {}).get("llm_lora"))
+        if args.llm_lora is not None:
+            lora = args.llm_lora == "true"
+        if not lora:
+            log.info("LoRA is off (%s model_conf.llm_lora): nothing to fine-tune for %s, skipped", args.config,
+                     args.output_dir)
+            return 0
     conf = fewshot_config(args.config, args.init_exp)
     if args.llm_lora is not None:
         conf["model_conf"]["llm_lora"] = args.llm_lora == "true"

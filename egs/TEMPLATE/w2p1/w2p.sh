@@ -189,7 +189,23 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
   log "Stage 7: few-shot fine-tuning (${fewshot_config})"
   # shellcheck disable=SC2046
   validate dump "run stage 2 first" $(for t in ${tasks}; do echo -n "${fbankdir}/${t}_fewshot "; done)
-  echo "$0: stage 7 not implemented yet" >&2; exit 1
+  # One model per task, fine-tuned from the stage-4 model on its <task>_fewshot set (same cost as one model on
+  # the union: every utterance is seen once per epoch) -> ${expdir}/w2p_fewshot/<task>. The lambda_mse = 0
+  # ablation (same config, model_conf.mse_weight 0) is trained for the first task only (st) to fit the CPU
+  # budget -> ${expdir}/w2p_fewshot_nomse/<task>. With model_conf.llm_lora true in the config, the cascade's LLM
+  # is LoRA-tuned on its ASR transcripts of the same sets -> ${expdir}/cascade_fewshot/<task>.
+  for t in ${tasks}; do
+    for spec in "w2p_fewshot ${expdir}/wav2prompt" "w2p_fewshot_nomse ${expdir}/wav2prompt --model_conf.mse_weight 0" \
+                "cascade_fewshot ${expdir}/asr_ctc --only_with_lora"; do
+      set -- ${spec}
+      name=$1; init=$2; shift 2
+      [ ${name} != w2p_fewshot_nomse ] || [ ${t} = "${tasks%% *}" ] || continue
+      log "  fine-tune ${name}/${t} from ${init} $*"
+      ${train_cmd} ${expdir}/${name}/${t}/log/finetune.log ${python} -m w2p.bin.finetune --config ${fewshot_config} \
+        --init_exp ${init} --train_sets ${fbankdir}/${t}_fewshot --output_dir ${expdir}/${name}/${t} --llm ${llm} \
+        --num_threads ${nproc} --ngpu ${ngpu} --resume "$@"
+    done
+  done
 fi
 
 # ============================================================================ Stage 8: few-shot decoding
@@ -197,7 +213,21 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
   log "Stage 8: decoding of the fine-tuned models"
   # shellcheck disable=SC2046
   validate dump "run stage 2 first" $(for t in ${tasks}; do echo -n "${fbankdir}/${t}_test "; done)
-  echo "$0: stage 8 not implemented yet" >&2; exit 1
+  # the stage-6 decoder and ${decode_config} on each task's test set; output in the stage-6 layout,
+  # ${expdir}/<system>/decode_<task>_<set>/. One process per model: LoRA adapters are injected into the LLM of
+  # the process that loads them.
+  for t in ${tasks}; do
+    for spec in "w2p_fewshot wav2prompt" "w2p_fewshot_nomse wav2prompt" "cascade_fewshot cascade"; do
+      set -- ${spec}
+      name=$1; kind=$2
+      [ -f ${expdir}/${name}/${t}/model.pt ] || continue
+      log "  decode ${name}/${t} (${kind}) on ${t}_test"
+      ${decode_cmd} ${expdir}/${name}/log/decode_${t}.log ${python} -m w2p.bin.decode --config ${decode_config} \
+        --dump_dir ${fbankdir} --llm ${llm} --num_threads ${nproc} --device $([ ${ngpu} -gt 0 ] && echo cuda || echo cpu) \
+        --systems ${name} --tasks ${t} --systems.${name}.kind ${kind} --systems.${name}.exp ${expdir}/${name}/${t} \
+        --systems.${name}.out ${expdir}/${name}
+    done
+  done
 fi
 
 # ============================================================================ Stage 9: scoring
