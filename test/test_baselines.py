@@ -1,5 +1,6 @@
 """Baselines: CTC ASR (cascade front end) and Encoder-LLM."""
 import math
+import os
 
 import pytest
 import torch
@@ -107,3 +108,39 @@ def test_encoder_llm_ce_only_grads_reach_encoder_not_llm(llm, tiny_recipe):
         vecs = model.prompt_vectors(batch["feats"], batch["feat_lens"])
     assert [v.shape[0] for v in vecs] == [(int(n) + 1) // 2 for n in h_lens]
     assert all(v.shape[1] == llm.embed_dim for v in vecs)
+
+
+CONF = os.path.join(os.path.dirname(__file__), "..", "egs", "mini_en", "w2p1", "conf")
+
+
+@pytest.mark.parametrize("name", ["train_asr_ctc", "train_encoder_llm", "train_wav2prompt_nomse"])
+def test_recipe_configs_build(name, llm):
+    import yaml
+
+    from w2p.tasks import get_task
+
+    conf = yaml.safe_load(open(os.path.join(CONF, f"{name}.yaml")))
+    mc = dict(conf["model_conf"])
+    if conf["model"] == "asr_ctc":
+        mc = dict(mc, bpe_model=None, vocab_size=500)  # the BPE model is made by stage 3
+    model = build_model(conf["model"], mc, llm)
+    assert sum(p.numel() for p in model.parameters()) > 1e5
+    if name == "train_wav2prompt_nomse":
+        assert conf["model_conf"]["mse_weight"] == 0 and conf["model_conf"]["ce_weight"] > 0
+        assert conf["model_conf"]["ce_template"] == get_task("asr").template
+    if name == "train_encoder_llm":
+        assert model.template == get_task("asr").template
+
+
+def test_decode_configs_name_every_system_and_task():
+    import yaml
+
+    from w2p.decode import System
+    from w2p.tasks import TASKS
+
+    for f in ("decode.yaml", "decode_gpu.yaml"):
+        conf = yaml.safe_load(open(os.path.join(CONF, f)))
+        assert set(conf["tasks"]) == set(TASKS)
+        assert {s["kind"] for s in conf["systems"].values()} == {"wav2prompt", "cascade", "encoder_llm", "gold"}
+        System("gold", "gold")  # kinds are the ones System accepts
+        assert conf["beam"] >= 1 and conf["repetition_penalty"] >= 1.0
