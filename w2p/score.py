@@ -168,10 +168,13 @@ def results_markdown(results: dict[str, dict[str, dict]], *, system_labels: dict
         rtfs = [s["rtf"] for s in per_task.values() if "rtf" in s]
         row.append(_fmt(round(sum(rtfs) / len(rtfs), 4)) if rtfs else "–")
         lines.append("| " + " | ".join(row) + " |")
-    ns = {s: {t: v.get("n_utts") for t, v in r.items()} for s, r in results.items()}
-    first = next(iter(ns.values()), {})
-    if first:
-        lines += ["", "Test utterances scored per task: " + ", ".join(f"{t} {n}" for t, n in first.items()) + "."]
+    per_task: dict[str, set] = {}
+    for r in results.values():
+        for t, v in r.items():
+            per_task.setdefault(t, set()).add(v.get("n_utts"))
+    if per_task:
+        lines += ["", "Test utterances scored per task: " + ", ".join(
+            f"{t} {'/'.join(str(n) for n in sorted(ns, key=str))}" for t, ns in per_task.items()) + "."]
     for n in notes or []:
         lines += ["", n]
     for fig in figures or []:

@@ -64,7 +64,19 @@ def main(argv=None) -> int:
            f"{'greedy CTC' if int(conf['asr_beam']) <= 1 else 'CTC prefix beam ' + str(conf['asr_beam'])}",
            "test utterances per task": "all" if not conf.get("max_utts") else f"first {conf['max_utts']} (sorted ids)",
            "config": args.config or "defaults"}
-    md = results_markdown(results, system_labels=LABELS, config=cfg, figures=figures)
+    notes = [
+        "Metrics: ASR WER (jiwer, lower-cased, punctuation removed); ST sacreBLEU BLEU / chrF on raw text; SLU intent "
+        "accuracy; SQQA/SQA `exact` = normalised exact match, `contains` = the normalised gold answer occurs in the "
+        "normalised hypothesis (normalisation: w2p/tasks.py). The 135M LLM answers in sentences, so `exact` is near 0 "
+        "for every system and `contains` is the informative one; for SQA it is inflated when the model restates the "
+        "statement (which contains the answer).",
+        "SLU is decoded as a closed-set choice: each listed intent is scored by the LLM's log-probability as the "
+        "answer, calibrated by the same label scored with a content-free input (\"N/A\"), because the 135M LLM does "
+        "not write intent names when asked to generate one.",
+        "RTF = decoding wall time (speech model + LLM) / audio duration, averaged over tasks; the gold-text system "
+        "has no speech model.",
+    ]
+    md = results_markdown(results, system_labels=LABELS, config=cfg, figures=figures, notes=notes)
     write_text_atomic(args.out, md)
     print(md)
     return 0
