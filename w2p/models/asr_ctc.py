@@ -31,7 +31,9 @@ class CTCASR(nn.Module):
         self.blank = self.vocab_size
         self.encoder = build_encoder(encoder or {})
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(self.encoder.output_size(), self.vocab_size + 1)
+        # named like Wav2Prompt's auxiliary CTC head (same BPE, blank = last index), so --init from a trained
+        # Wav2Prompt can start the cascade ASR from its encoder + CTC head
+        self.ctc_head = nn.Linear(self.encoder.output_size(), self.vocab_size + 1)
         self.ctc = nn.CTCLoss(blank=self.blank, reduction="sum", zero_infinity=True)
 
     needs_llm = False  # a class attribute: the trainer can tell before building that no LLM is needed
@@ -48,7 +50,7 @@ class CTCASR(nn.Module):
 
     def log_probs(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, h_lens = self.encoder(feats, feat_lens)
-        return torch.log_softmax(self.head(self.dropout(h)).float(), -1), h_lens
+        return torch.log_softmax(self.ctc_head(self.dropout(h)).float(), -1), h_lens
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         if "bpe_tokens" not in batch:
