@@ -54,3 +54,19 @@ def test_results_markdown_table():
     assert "| wav2prompt | 10.00 | 30.00 | 40.00 | 0.20 |" in md
     assert "| gold-text topline | 12.50 | 31.00 | – | – |" in md
     assert "abc123" in md and "- LLM: x" in md and "![a.png](images/a.png)" in md
+
+
+def test_echo_rate_flags_answers_that_repeat_the_input(tmp_path):
+    from w2p.score import echo_rate
+
+    said = ["he saw the windows", "she likes her kites"]
+    assert echo_rate(said, ["He saw the windows.", "Elle aime ses cerfs-volants"]) == 50.0
+    d = tmp_path / "decode_st_st_test"
+    d.mkdir()
+    write_kv_atomic(str(d / "ref"), {"u1": "Il a vu les fenêtres", "u2": "Elle aime ses cerfs-volants"})
+    write_kv_atomic(str(d / "hyp"), {"u1": "He saw the windows", "u2": "He saw the windows"})
+    write_kv_atomic(str(d / "text"), {"u1": said[0], "u2": said[1]})
+    s = score_decode_dir(str(d), "st")
+    assert s["echo"] == 50.0
+    md = results_markdown({"encoder_llm": {"st": s}}, commit="x", date="y")
+    assert "| encoder_llm | 50.00 |" in md and "st echo ↓" in md

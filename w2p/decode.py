@@ -251,8 +251,12 @@ def references(task_name: str, ts: TestSet) -> dict[str, str]:
     return ref
 
 
-def write_decode_dir(out_dir: str, hyps: dict[str, str], refs: dict[str, str], timing: dict) -> None:
+def write_decode_dir(out_dir: str, hyps: dict[str, str], refs: dict[str, str], timing: dict,
+                     text: dict[str, str] | None = None) -> None:
+    """hyp, ref, timing.json (+ asr_hyp for the cascade, + text = the spoken transcripts for the echo diagnostic)."""
     os.makedirs(out_dir, exist_ok=True)
+    if text:
+        write_kv_atomic(os.path.join(out_dir, "text"), {u: " ".join(text[u].split()) for u in hyps})
     transcripts = timing.pop("transcripts", None)
     if transcripts:
         write_kv_atomic(os.path.join(out_dir, "asr_hyp"), {u: " ".join(t.split()) for u, t in transcripts.items()})

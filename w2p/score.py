@@ -89,6 +89,19 @@ def contains_gold(refs: list[str], hyps: list[str]) -> float:
     return 100.0 * n / max(1, len(refs))
 
 
+def echo_rate(transcripts: list[str], hyps: list[str], max_wer: float = 30.0) -> float:
+    """% of answers that merely repeat the spoken input (WER against its transcript <= max_wer): a system that
+    ignores the task instruction and transcribes (the Encoder-LLM failure mode) scores high on non-ASR tasks."""
+    import jiwer
+
+    n = 0
+    for t, h in zip(transcripts, hyps):
+        t, h = normalize_transcript(t), normalize_transcript(h)
+        if t and h:
+            n += 100.0 * jiwer.wer(t, h) <= max_wer
+    return 100.0 * n / max(1, len(transcripts))
+
+
 METRICS = {"wer": wer, "bleu": bleu, "chrf": chrf, "intent_acc": intent_acc, "exact": exact_match,
            "contains": contains_gold}
 LOWER_IS_BETTER = {"wer", "rtf"}
@@ -113,6 +126,11 @@ def score_decode_dir(decode_dir: str, task: str) -> dict:
         raise ValueError(f"{hyp_p}: no hypothesis for {len(missing)} utterance(s), e.g. {missing[0]}")
     utts = list(ref)
     scores: dict = score_lists(task, [ref[u] for u in utts], [hyp[u] for u in utts])
+    text_p = os.path.join(decode_dir, "text")
+    if task != "asr" and os.path.isfile(text_p):
+        text = read_kv(text_p)
+        if all(u in text for u in utts):
+            scores["echo"] = round(echo_rate([text[u] for u in utts], [hyp[u] for u in utts]), 2)
     scores["n_utts"] = len(utts)
     timing_p = os.path.join(decode_dir, "timing.json")
     if os.path.isfile(timing_p):
@@ -168,6 +186,15 @@ def results_markdown(results: dict[str, dict[str, dict]], *, system_labels: dict
         rtfs = [s["rtf"] for s in per_task.values() if "rtf" in s]
         row.append(_fmt(round(sum(rtfs) / len(rtfs), 4)) if rtfs else "–")
         lines.append("| " + " | ".join(row) + " |")
+    echo_tasks = [t for t in ("st", "slu", "sqqa", "sqa") if any("echo" in r.get(t, {}) for r in results.values())]
+    if echo_tasks:
+        lines += ["", "Instruction following: % of answers that merely repeat the spoken input (WER ≤ 30 % against "
+                  "its transcript; lower is better on non-ASR tasks):", "",
+                  "| system | " + " | ".join(f"{t} echo ↓" for t in echo_tasks) + " |",
+                  "|" + "---|" * (len(echo_tasks) + 1)]
+        for system, r in results.items():
+            lines.append("| " + " | ".join([labels.get(system, system)] +
+                                           [_fmt(r.get(t, {}).get("echo")) for t in echo_tasks]) + " |")
     per_task: dict[str, set] = {}
     for r in results.values():
         for t, v in r.items():

@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                                        batch_size=int(conf["batch_size"]), template=(conf.get("templates") or {}).get(t),
                                        calibrate=bool(conf["calibrate"]))
             out = os.path.join(out_dir_of(spec, name), f"decode_{t}_{ts.name}")
-            write_decode_dir(out, hyps, references(t, ts), timing)
+            write_decode_dir(out, hyps, references(t, ts), timing, text=ts.text)
             logging.info("%s / %s: %d utts in %.1f s (RTF %.3f) -> %s", name, t, len(hyps), timing["decode_sec"],
                          timing["decode_sec"] / max(1e-9, timing["audio_sec"]), out)
     logging.info("decoding done in %.1f s", time.perf_counter() - t_all)
