@@ -159,8 +159,11 @@ fi
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
   log "Stage 5: baselines: CTC ASR (${asr_config}), Encoder-LLM (${encllm_config}), no-MSE (${nomse_config})"
   validate dump "run stages 2-3 first" ${fbankdir}/${train_set} ${fbankdir}/${valid_set}
-  # the CTC ASR first: the two CE-only systems start from its encoder (prior-work practice; affordable on CPU)
-  for spec in "${asr_config} ${expdir}/asr_ctc" "${encllm_config} ${expdir}/encoder_llm --init ${expdir}/asr_ctc/model.pt" \
+  # The CTC ASR first, from the stage-4 encoder + its auxiliary CTC head (same data and BPE; on a CPU budget this
+  # gives the cascade a usable ASR); the two CE-only systems start from the CTC ASR encoder (prior-work practice).
+  asr_init=""; [ -f ${expdir}/wav2prompt/model.pt ] && asr_init="--init ${expdir}/wav2prompt/model.pt"
+  for spec in "${asr_config} ${expdir}/asr_ctc ${asr_init}" \
+              "${encllm_config} ${expdir}/encoder_llm --init ${expdir}/asr_ctc/model.pt" \
               "${nomse_config} ${expdir}/wav2prompt_nomse --init ${expdir}/asr_ctc/model.pt"; do
     set -- ${spec}
     conf=$1; out=$2; shift 2
