@@ -92,3 +92,14 @@ def test_ce_loss_grads_reach_speech_only(llm):
     # the true-text prompt makes repeating easy: lower CE than a random prompt
     noise = [torch.randn_like(s) * 0.05 for s in speech]
     assert llm.ce_loss(TEMPLATE, noise, sents).item() > loss.item()
+
+
+def test_cached_beam_search_matches_hf_generate(llm):
+    sents = ["Emma went to the forest with Sophie on Sunday", "The grey whale is near the kitchen"]
+    inp = llm.build_inputs(TEMPLATE, sents)
+    for beams, pen in ((1, 1.0), (3, 1.5)):
+        ours = llm.generate(inp, max_new_tokens=12, num_beams=beams, repetition_penalty=pen)
+        ref = llm.generate(inp, max_new_tokens=12, num_beams=beams, repetition_penalty=pen, impl="hf")
+        assert ours == ref, (beams, pen)
+    with pytest.raises(ValueError, match="impl"):
+        llm.generate(inp, impl="nope")

@@ -158,6 +158,10 @@ class FrozenLLM(nn.Module):
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
         self.training = False
         self._template_cache: dict = {}
+        import inspect
+
+        # transformers renamed past_key_values -> cache (5.x deprecation); use whichever this version takes
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
@@ -313,38 +317,134 @@ class FrozenLLM(nn.Module):
                                            ignore_index=-100)
 
     # -- generation ----------------------------------------------------------------------------------------
+    def _eos_ids(self) -> list[int]:
+        ids = {self.eos_id}
+        vocab = self.tokenizer.get_vocab()
+        if "<|endoftext|>" in vocab:
+            ids.add(int(vocab["<|endoftext|>"]))
+        return sorted(ids)
+
     @torch.inference_mode()
     def generate(self, inputs: LLMInputs, *, max_new_tokens=64, num_beams=5, repetition_penalty=1.5,
-                 batch_size: int | None = None) -> list[str]:
-        """Beam search with a repetition penalty (HF ``generate``); returns the decoded new text per row.
+                 batch_size: int | None = None, length_penalty: float = 1.0, impl: str = "cached") -> list[str]:
+        """Beam search with a repetition penalty (on generated tokens; the prompt is embeddings) and HF's beam
+        rules (length-normalised scores, EOS only from the top ``num_beams`` candidates, stop once
+        ``num_beams`` hypotheses are finished). Returns the decoded new text per row.
 
-        Rows are processed in chunks of similar prompt length (less padding, bounded beam memory)."""
+        ``impl="cached"`` (default) runs the prompt through the LLM once per row and copies its KV cache to the
+        beams (HF ``generate`` repeats the prompt forward for every beam), and drops finished rows from the
+        batch; ``impl="hf"`` calls ``transformers`` ``generate``. Rows are processed in chunks of similar
+        prompt length (less padding)."""
         embeds, mask = inputs.inputs_embeds, inputs.attention_mask
         B = embeds.shape[0]
         if batch_size is None:
-            batch_size = max(1, 64 // max(1, num_beams))
+            batch_size = 32
         lens = mask.sum(1).tolist()
         order = sorted(range(B), key=lambda i: lens[i])
         out: list[str | None] = [None] * B
-        eos = sorted({self.eos_id, *([self.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
-                                      if "<|endoftext|>" in self.tokenizer.get_vocab() else [])})
-        import warnings
-
         for s in range(0, B, batch_size):
             idx = order[s:s + batch_size]
             m = mask[idx]
             keep = int(m.sum(1).max())
             e = embeds[idx][:, -keep:].to(device=self.device, dtype=self.dtype)
             m = m[:, -keep:].to(self.device)
-            with warnings.catch_warnings():
-                # the penalty applying to generated tokens only (prompt = embeddings) is what we want
-                warnings.filterwarnings("ignore", message=".*repetition_penalty.*")
-                gen = self.model.generate(
-                    inputs_embeds=e, attention_mask=m, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                    repetition_penalty=repetition_penalty, do_sample=False, eos_token_id=eos,
-                    pad_token_id=self.pad_id, early_stopping=True if num_beams > 1 else False,
-                    temperature=None, top_p=None, top_k=None)
-            texts = self.tokenizer.batch_decode(gen, skip_special_tokens=True)
+            if impl == "hf":
+                seqs = self._generate_hf(e, m, max_new_tokens, num_beams, repetition_penalty, length_penalty)
+            elif impl == "cached":
+                seqs = self._beam_search(e, m, max_new_tokens, num_beams, repetition_penalty, length_penalty)
+            else:
+                raise ValueError(f"generate: impl must be 'cached' or 'hf', got {impl!r}")
+            texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
             for i, t in zip(idx, texts):
                 out[i] = t.strip()
         return out  # type: ignore[return-value]
+
+    def _generate_hf(self, e, m, max_new_tokens, num_beams, repetition_penalty, length_penalty):
+        import warnings
+
+        with warnings.catch_warnings():
+            # the penalty applying to generated tokens only (prompt = embeddings) is what we want
+            warnings.filterwarnings("ignore", message=".*repetition_penalty.*")
+            gen = self.model.generate(
+                inputs_embeds=e, attention_mask=m, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                repetition_penalty=repetition_penalty, do_sample=False, eos_token_id=self._eos_ids(),
+                pad_token_id=self.pad_id, early_stopping=True if num_beams > 1 else False,
+                length_penalty=length_penalty, temperature=None, top_p=None, top_k=None)
+        return [g.tolist() for g in gen]
+
+    def _beam_search(self, e, m, max_new_tokens, K, rep, length_penalty) -> list[list[int]]:
+        eos = set(self._eos_ids())
+        dev = self.device
+        B = e.shape[0]
+        pos = self._positions(m)
+        res = self.model(inputs_embeds=e, attention_mask=m, position_ids=pos, use_cache=True)
+        cache = getattr(res, "cache", None) or res.past_key_values
+        logits = res.logits[:, -1].float().repeat_interleave(K, 0)  # (B*K, V)
+        if K > 1:
+            cache.batch_repeat_interleave(K)
+        mask = m.repeat_interleave(K, 0)
+        next_pos = pos[:, -1:].repeat_interleave(K, 0) + 1
+        scores = torch.full((B, K), float("-inf"), device=dev)
+        scores[:, 0] = 0.0  # all beams start identical: only one may expand at the first step
+        seqs = torch.zeros(B * K, 0, dtype=torch.long, device=dev)
+        active = list(range(B))  # original row of each row still being searched
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+        for _ in range(max_new_tokens):
+            # HF order: the penalty acts on logits for greedy search and on log-probs (unrenormalised) for beams
+            if K > 1:
+                logits = logits.log_softmax(-1)
+            if rep != 1.0 and seqs.shape[1] > 0:
+                picked = logits.gather(1, seqs)
+                logits = logits.scatter(1, seqs, torch.where(picked < 0, picked * rep, picked / rep))
+            logp = logits if K > 1 else logits.log_softmax(-1)
+            V = logp.shape[-1]
+            n = len(active)
+            cand = (scores.reshape(-1, 1) + logp).reshape(n, K * V)
+            top_s, top_i = cand.topk(2 * K, dim=1)
+            top_s, top_src, top_tok = top_s.tolist(), (top_i // V).tolist(), (top_i % V).tolist()
+            new_scores = torch.full((n, K), float("-inf"), device=dev)
+            new_src = torch.zeros(n, K, dtype=torch.long)
+            new_tok = torch.full((n, K), self.pad_id, dtype=torch.long)
+            still = []
+            gen_len = seqs.shape[1] + 1
+            for r in range(n):
+                b, k = active[r], 0
+                for j in range(2 * K):
+                    sc, src, tok = top_s[r][j], top_src[r][j], top_tok[r][j]
+                    if sc == float("-inf"):
+                        break
+                    if tok in eos:
+                        if j < K:  # HF: an EOS only counts when it ranks among the best num_beams
+                            finished[b].append((sc / gen_len ** length_penalty, seqs[r * K + src].tolist()))
+                        continue
+                    new_scores[r, k], new_src[r, k], new_tok[r, k] = sc, src, tok
+                    k += 1
+                    if k == K:
+                        break
+                if len(finished[b]) < K:
+                    still.append(r)
+            src_rows = (torch.arange(n)[:, None] * K + new_src).reshape(-1).to(dev)
+            seqs = torch.cat([seqs[src_rows], new_tok.reshape(-1, 1).to(dev)], 1)
+            cache.reorder_cache(src_rows)
+            scores = new_scores
+            if len(still) < n:  # drop rows whose search is over
+                if not still:
+                    active = []
+                    break
+                keep_rows = torch.tensor([r * K + k for r in still for k in range(K)], device=dev)
+                cache.batch_select_indices(keep_rows)
+                seqs, mask, next_pos = seqs[keep_rows], mask[keep_rows], next_pos[keep_rows]
+                scores = scores[torch.tensor(still, device=dev)]
+                active = [active[r] for r in still]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+            res = self.model(input_ids=seqs[:, -1:], attention_mask=mask, position_ids=next_pos,
+                             **{self._cache_kw: cache}, use_cache=True)
+            next_pos = next_pos + 1
+            logits = res.logits[:, -1].float()
+        # out of tokens: running beams compete with the finished ones
+        for r, b in enumerate(active):
+            for k in range(K):
+                sc = float(scores[r, k])
+                if sc > float("-inf"):
+                    finished[b].append((sc / seqs.shape[1] ** length_penalty, seqs[r * K + k].tolist()))
+        return [max(f, key=lambda x: x[0])[1] if f else [] for f in finished]

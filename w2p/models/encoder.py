@@ -5,6 +5,9 @@
         buffers, so a trained model.pt carries them and does not need the file again.
   input_size (80), output_size, attention_heads, linear_units, num_blocks, dropout_rate, cnn_module_kernel, ...:
         passed to espnet2 ConformerEncoder (input_layer conv2d = x4 subsampling).
+  subsampling_channels: channels of the two conv2d layers of the x4 subsampling (default = output_size, as in
+        ESPnet). The second conv costs ~19*C^2*9 MACs per output frame, more than the Conformer blocks of a small
+        model, so CPU configs use fewer channels (e.g. 32).
   conv_norm: "layer_norm" (default) or "batch_norm" (ESPnet's). LayerNorm keeps every utterance independent of
         the rest of the batch, so results do not depend on batch composition or on how a batch is split over
         processes.
@@ -124,7 +127,7 @@ def _exact_subsampled_mask(embed, args, output):
 
 class SpeechEncoder(nn.Module):
     def __init__(self, cmvn: str | None = None, input_size: int = 80, specaug: dict | None = None,
-                 conv_norm: str = "layer_norm", **conformer):
+                 conv_norm: str = "layer_norm", subsampling_channels: int | None = None, **conformer):
         super().__init__()
         from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
@@ -137,7 +140,13 @@ class SpeechEncoder(nn.Module):
         conformer.setdefault("rel_pos_type", "latest")
         self.conformer = ConformerEncoder(input_size=input_size, **conformer)
         if conformer["input_layer"] == "conv2d":
-            self.conformer.embed.register_forward_hook(_exact_subsampled_mask)
+            embed = self.conformer.embed
+            d = self.conformer.output_size()
+            if subsampling_channels and subsampling_channels != d:
+                c = int(subsampling_channels)
+                embed.conv = nn.Sequential(nn.Conv2d(1, c, 3, 2), nn.ReLU(), nn.Conv2d(c, c, 3, 2), nn.ReLU())
+                embed.out[0] = nn.Linear(c * (((input_size - 1) // 2 - 1) // 2), d)
+            embed.register_forward_hook(_exact_subsampled_mask)
         for layer in self.conformer.encoders:
             conv = getattr(layer, "conv_module", None)
             if conv is None:
