@@ -286,3 +286,38 @@ def test_finetune_end_to_end_then_decode(small, small_llm_dir, task_sets, tmp_pa
     hyps, timing = decode_task(llm, System("w2p_fewshot", "wav2prompt", model), "st", ts, beam=1,
                                max_new_tokens=3, batch_size=2)
     assert set(hyps) == set(ts.utt_ids) and timing["template"] == TASKS["st"].template
+
+
+def test_finetune_lora_saves_adapters_and_skips_cascade_without_lora(small_llm_dir, task_sets, tmp_path, llm):
+    """--llm_lora true: the adapters are in model.pt and come back when the decoder rebuilds the system on a fresh
+    LLM; the cascade's few-shot run is a no-op without LoRA (--only_with_lora)."""
+    from w2p.bin import finetune
+    from w2p.decode import load_trained
+    from w2p.llm import FrozenLLM
+    from w2p.models.wav2prompt import Wav2Prompt
+
+    small = FrozenLLM.load(small_llm_dir)
+    init = tmp_path / "w2p"
+    init.mkdir()
+    torch.save(Wav2Prompt(small, **TINY).state_dict(), init / "model.pt")
+    (init / "config.yaml").write_text(yaml.safe_dump({"model": "wav2prompt", "llm": small_llm_dir,
+                                                      "model_conf": TINY}))
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(yaml.safe_dump({"model_conf": {"lora_conf": {"r": 2, "alpha": 4}}, "max_epoch": 1,
+                                   "batch_frames": 1000, "max_batch_size": 4, "optim_conf": {"lr": 1e-2},
+                                   "scheduler": "none", "nbest_average": 1}))
+    out = tmp_path / "fs_lora"
+    st = os.path.join(task_sets, "st_fewshot")
+    skipped = tmp_path / "cascade"
+    assert finetune.main(["--config", str(cfg), "--init_exp", str(tmp_path / "missing_asr"), "--train_sets", st,
+                          "--output_dir", str(skipped), "--only_with_lora"]) == 0
+    assert not skipped.exists()
+    assert finetune.main(["--config", str(cfg), "--init_exp", str(init), "--train_sets", st, "--output_dir",
+                          str(out), "--n_valid", "1", "--llm_lora", "true"]) == 0
+    sd = torch.load(out / "model.pt", weights_only=True)
+    b_keys = [k for k in sd if k.startswith("lora.") and k.endswith("__B.weight")]
+    assert b_keys and any(float(sd[k].abs().sum()) > 0 for k in b_keys)
+    fresh = FrozenLLM.load(small_llm_dir)
+    model, conf = load_trained(str(out), fresh)
+    assert conf["model_conf"]["llm_lora"] is True
+    assert torch.equal(model.state_dict()[b_keys[0]], sd[b_keys[0]])
