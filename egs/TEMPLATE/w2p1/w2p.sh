@@ -145,14 +145,24 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
   log "Stage 3: LLM prep (${llm}): cache, tokenise transcripts, BPE for CTC"
   # shellcheck disable=SC2046
   validate dump "run stage 2 (features) first" $(prefixed ${fbankdir} ${all_sets})
-  echo "$0: stage 3 not implemented yet" >&2; exit 1
+  # converts the LLM once into tools/cache/llm/<name>/; writes <set>/llm_tokens (+ bpe_tokens), data/lang/bpe/
+  ${python} -m w2p.bin.prepare_llm --llm ${llm} --dump_dir ${fbankdir} --sets ${all_sets} \
+    --train_set ${train_set} --bpe_dir ${datadir}/lang/bpe --nbpe ${nbpe}
 fi
 
 # ============================================================================ Stage 4: Wav2Prompt training
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
   log "Stage 4: Wav2Prompt training (${train_config})"
   validate dump "run stages 2-3 first" ${fbankdir}/${train_set} ${fbankdir}/${valid_set}
-  echo "$0: stage 4 not implemented yet" >&2; exit 1
+  w2p_exp=${expdir}/wav2prompt
+  # --resume: a killed run continues from its last checkpoint (a finished one only re-averages)
+  ${train_cmd} ${w2p_exp}/log/train.run.log ${python} -m w2p.bin.train --config ${train_config} --llm ${llm} \
+    --train_dir ${fbankdir}/${train_set} --valid_dir ${fbankdir}/${valid_set} --output_dir ${w2p_exp} \
+    --num_threads ${nproc} --ngpu ${ngpu} --resume
+  for s in ${test_sets}; do
+    log "  readout (what the LLM hears) of ${w2p_exp} on ${s} -> ${w2p_exp}/readout_${s}/scores.json"
+    ${python} -m w2p.bin.readout --model_dir ${w2p_exp} --data_dir ${fbankdir}/${s} --llm ${llm} >/dev/null
+  done
 fi
 
 # ============================================================================ Stage 5: baselines
