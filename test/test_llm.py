@@ -57,8 +57,8 @@ def test_splice_is_exact(llm):
         n = len(ids)
         assert int(text.attention_mask[i].sum()) == n
         assert torch.equal(text.inputs_embeds[i, -n:], llm.embed(torch.tensor(ids)))
-    out_speech = llm.generate(spliced, max_new_tokens=16, num_beams=2)
-    out_text = llm.generate(text, max_new_tokens=16, num_beams=2)
+    out_speech = llm.generate(spliced, max_new_tokens=10, num_beams=2)
+    out_text = llm.generate(text, max_new_tokens=10, num_beams=2)
     assert out_speech == out_text
     assert all(len(o) > 0 for o in out_text)
 
@@ -98,8 +98,8 @@ def test_cached_beam_search_matches_hf_generate(llm):
     sents = ["Emma went to the forest with Sophie on Sunday", "The grey whale is near the kitchen"]
     inp = llm.build_inputs(TEMPLATE, sents)
     for beams, pen in ((1, 1.0), (3, 1.5)):
-        ours = llm.generate(inp, max_new_tokens=12, num_beams=beams, repetition_penalty=pen)
-        ref = llm.generate(inp, max_new_tokens=12, num_beams=beams, repetition_penalty=pen, impl="hf")
+        ours = llm.generate(inp, max_new_tokens=8, num_beams=beams, repetition_penalty=pen)
+        ref = llm.generate(inp, max_new_tokens=8, num_beams=beams, repetition_penalty=pen, impl="hf")
         assert ours == ref, (beams, pen)
     with pytest.raises(ValueError, match="impl"):
         llm.generate(inp, impl="nope")

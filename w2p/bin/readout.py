@@ -46,6 +46,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition_penalty", type=float, default=1.0,
                    help="1.0 for repeating: a sentence may legitimately repeat words")
     p.add_argument("--max_new_tokens", type=int, default=48)
+    p.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     return p
 
 
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
     import torch
     import yaml
 
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
     from w2p.llm import FrozenLLM
     from w2p.models import load_trained
     from w2p.train.dataset import DumpDataset, collate

@@ -35,7 +35,7 @@ class Wav2Prompt(nn.Module):
 
     def __init__(self, llm, encoder: dict | None = None, cif: dict | None = None, proj_hidden: int = 0,
                  mse_weight: float = 1.0, qua_weight: float = 1.0, ctc_weight: float = 0.0, ce_weight: float = 0.0,
-                 bpe_vocab: int | None = None, ce_template: str = DEFAULT_CE_TEMPLATE, ce_target: str = "text",
+                 bpe_vocab: int | None = None, bpe_model: str | None = None, ce_template: str = DEFAULT_CE_TEMPLATE, ce_target: str = "text",
                  ce_fields: list[str] | None = None):
         super().__init__()
         if llm is None:
@@ -60,8 +60,16 @@ class Wav2Prompt(nn.Module):
         self.ctc_weight, self.ce_weight = float(ctc_weight), float(ce_weight)
         self.ctc_head = None
         if self.ctc_weight > 0:
+            if not bpe_vocab and bpe_model:
+                import os
+
+                import sentencepiece as spm
+
+                if not os.path.isfile(bpe_model):
+                    raise FileNotFoundError(f"model_conf.bpe_model {bpe_model} not found (run stage 3)")
+                bpe_vocab = spm.SentencePieceProcessor(model_file=bpe_model).get_piece_size()
             if not bpe_vocab:
-                raise ValueError("ctc_weight > 0 needs model_conf.bpe_vocab (size of data/lang/bpe/bpe.model)")
+                raise ValueError("ctc_weight > 0 needs model_conf.bpe_vocab or bpe_model (data/lang/bpe/bpe.model)")
             self.bpe_vocab = int(bpe_vocab)
             self.ctc_head = nn.Linear(d, self.bpe_vocab + 1)  # blank = last index; BPE ids unchanged
         self.ce_template, self.ce_target = ce_template, ce_target

@@ -161,7 +161,8 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     --num_threads ${nproc} --ngpu ${ngpu} --resume
   for s in ${test_sets}; do
     log "  readout (what the LLM hears) of ${w2p_exp} on ${s} -> ${w2p_exp}/readout_${s}/scores.json"
-    ${python} -m w2p.bin.readout --model_dir ${w2p_exp} --data_dir ${fbankdir}/${s} --llm ${llm} >/dev/null
+    ${python} -m w2p.bin.readout --model_dir ${w2p_exp} --data_dir ${fbankdir}/${s} --llm ${llm} \
+      --num_threads ${nproc} >/dev/null
   done
 fi
 
