@@ -260,6 +260,7 @@ def test_finetune_end_to_end_then_decode(small, small_llm_dir, task_sets, tmp_pa
                                                                                   "cmvn": "/nonexistent.npz"}}}))
     cfg = tmp_path / "ft.yaml"
     cfg.write_text(yaml.safe_dump({"model_conf": {"mse_weight": 0.5, "qua_weight": 0.2}, "max_epoch": 1,
+                                   "max_epoch_per_task": {"slu": 2},
                                    "batch_frames": 1000, "max_batch_size": 4, "optim_conf": {"lr": 1e-3},
                                    "scheduler": "none", "log_interval": 1, "nbest_average": 1}))
     out = tmp_path / "w2p_fewshot"
@@ -269,6 +270,7 @@ def test_finetune_end_to_end_then_decode(small, small_llm_dir, task_sets, tmp_pa
     assert rc == 0
     conf = yaml.safe_load((out / "config.yaml").read_text())
     assert conf["model"] == "w2p_fewshot" and conf["model_conf"]["mse_weight"] == 0.5
+    assert conf["max_epoch"] == 2 and "max_epoch_per_task" not in conf
     assert "ce_template" not in conf["model_conf"] and "cmvn" not in conf["model_conf"]["encoder"]
     tr = dict(line.split(maxsplit=1) for line in (out / "data" / "train" / "task").read_text().splitlines())
     va = (out / "data" / "valid" / "task").read_text().split()

@@ -10,7 +10,8 @@ What it adds to the trainer:
      ``<task>_fewshot`` or --tasks), its ``question`` (SQA) and its ``intent_set`` (the SLU label set as the
      {intents} prompt text). ``n_valid`` utterances per task are held out for validation (seeded, stable);
   2. the model config: the architecture (``model_conf``) is taken from the initial system's config.yaml and the
-     fine-tuning keys of --config are laid over it. The fine-tuned model is chosen by the initial system:
+     fine-tuning keys of --config are laid over it; ``max_epoch_per_task: {st: 4}`` in --config sets max_epoch
+     by task (the largest over the sets trained together). The fine-tuned model is chosen by the initial system:
      wav2prompt -> ``w2p_fewshot`` (w2p.models.fewshot.FewShotWav2Prompt); asr_ctc -> the cascade baseline
      ``w2p.models.fewshot:CascadeLoRA`` (needs --llm_lora true: frozen ASR, LoRA-tuned LLM);
   3. ``--init <init_exp>/model.pt``, then the trainer as usual (resume, DDP, logs, n-best averaging).
@@ -138,6 +139,7 @@ def fewshot_config(ft_conf_path: str, init_exp: str) -> dict:
         mc["encoder"] = {k: v for k, v in mc["encoder"].items() if k != "cmvn"}
     mc.update(ft.get("model_conf") or {})
     conf = dict(ft)
+    conf.pop("max_epoch_per_task", None)  # ours, not the trainer's: resolved in main()
     conf["model"] = FEWSHOT_MODELS[src]
     conf["model_conf"] = mc
     if "llm" not in conf and base.get("llm"):
@@ -186,6 +188,13 @@ def main(argv=None) -> int:
                      args.output_dir)
             return 0
     conf = fewshot_config(args.config, args.init_exp)
+    with open(args.config, encoding="utf-8") as f:
+        per_task = (yaml.safe_load(f) or {}).get("max_epoch_per_task") or {}
+    if not isinstance(per_task, dict) or any(t not in TASKS for t in per_task):
+        raise SystemExit(f"{args.config}: max_epoch_per_task must map task names ({', '.join(TASKS)}) to epochs")
+    if any(t in per_task for t in tasks):
+        # the most any of the sets asks for (a cheap task such as st can afford more passes on CPU)
+        conf["max_epoch"] = max(int(per_task.get(t, conf.get("max_epoch", 1))) for t in tasks)
     if args.llm_lora is not None:
         conf["model_conf"]["llm_lora"] = args.llm_lora == "true"
     if conf["model"] != "w2p_fewshot" and not conf["model_conf"].get("llm_lora"):

@@ -229,7 +229,9 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
   validate dump "run stage 2 first" $(for t in ${tasks}; do echo -n "${fbankdir}/${t}_test "; done)
   # the stage-6 decoder and ${decode_config} on each task's test set; output in the stage-6 layout,
   # ${expdir}/<system>/decode_<task>_<set>/. One process per model: LoRA adapters are injected into the LLM of
-  # the process that loads them.
+  # the process that loads them. No SLU calibration: subtracting the label scores of a content-free TEXT input
+  # corrects the zero-shot label prior, but a fine-tuned prompt was trained on the labels (calibrated, every
+  # utterance got the same intent).
   for t in ${tasks}; do
     for spec in "w2p_fewshot wav2prompt" "w2p_fewshot_nomse wav2prompt" "cascade_fewshot cascade"; do
       set -- ${spec}
@@ -239,7 +241,7 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
       ${decode_cmd} ${expdir}/${name}/log/decode_${t}.log ${python} -m w2p.bin.decode --config ${decode_config} \
         --dump_dir ${fbankdir} --llm ${llm} --num_threads ${nproc} --device $([ ${ngpu} -gt 0 ] && echo cuda || echo cpu) \
         --systems ${name} --tasks ${t} --systems.${name}.kind ${kind} --systems.${name}.exp ${expdir}/${name}/${t} \
-        --systems.${name}.out ${expdir}/${name}
+        --systems.${name}.out ${expdir}/${name} --calibrate false
     done
   done
 fi
