@@ -143,7 +143,9 @@ def score_decode_dir(decode_dir: str, task: str) -> dict:
 
 
 # -- results table ----------------------------------------------------------------------------------------------
-def git_commit(path: str = ".") -> str:
+def git_commit(path: str | None = None) -> str:
+    """Short commit of the w2p checkout (not of the cwd: a recipe may run outside the repo); -dirty if modified."""
+    path = path or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         out = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              timeout=10)
