@@ -56,6 +56,11 @@ setup(
     entry_points={
         "console_scripts": [
             "w2p=w2p.cli:main",
+            "w2p-infer=w2p.bin.infer:main",
+            "w2p-decode=w2p.bin.decode:main",
+            "w2p-score=w2p.bin.score:main",
+            "w2p-pack=w2p.bin.pack_model:main",
+            "w2p-train=w2p.bin.train:main",
         ]
     },
     zip_safe=False,
