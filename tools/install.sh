@@ -22,7 +22,7 @@ if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
 fi
 
 # --- python virtualenv with pinned packages ------------------------------------------
-stamp_want=$(cat "$tools/constraints.txt" "$tools/requirements.txt" "$tools/requirements-nodeps.txt" | sha256sum | cut -c1-16)
+stamp_want=$(cat "$tools/constraints.txt" "$tools/requirements.txt" "$tools/requirements-nodeps.txt" "$root/setup.py" | sha256sum | cut -c1-16)
 stamp_file=$venv/.w2p_deps
 if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"
