@@ -18,6 +18,9 @@ LABELS = {
     "encoder_llm": "Encoder-LLM (prior work)",
     "w2p_nomse": "Wav2Prompt w/o MSE (ablation)",
     "gold": "gold-text topline",
+    "w2p_fewshot": "Wav2Prompt few-shot (E2E through the frozen LLM)",
+    "w2p_fewshot_nomse": "Wav2Prompt few-shot, λ_mse = 0 (ablation)",
+    "cascade_fewshot": "ASR→LLM cascade few-shot (LoRA LLM)",
 }
 
 
@@ -73,6 +76,9 @@ def main(argv=None) -> int:
         "SLU is decoded as a closed-set choice: each listed intent is scored by the LLM's log-probability as the "
         "answer, calibrated by the same label scored with a content-free input (\"N/A\"), because the 135M LLM does "
         "not write intent names when asked to generate one.",
+        "Few-shot rows (stages 7-8) are fine-tuned on each task's `fewshot` split, one model per task; their SLU "
+        "choice is scored without calibration (the fine-tuned prompt was trained on the labels). The λ_mse = 0 "
+        "ablation is fine-tuned on the first task only (CPU budget); rows without a decode dir are left out.",
         "RTF = decoding wall time (speech model + LLM) / audio duration, averaged over tasks; the gold-text system "
         "has no speech model.",
     ]

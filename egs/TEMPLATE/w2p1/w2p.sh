@@ -195,7 +195,11 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
     --dump_dir ${fbankdir} --llm ${llm} --num_threads ${nproc} --device $([ ${ngpu} -gt 0 ] && echo cuda || echo cpu) \
     --systems.wav2prompt.exp ${expdir}/wav2prompt --systems.w2p_nomse.exp ${expdir}/wav2prompt_nomse \
     --systems.encoder_llm.exp ${expdir}/encoder_llm --systems.cascade.exp ${expdir}/asr_ctc \
-    --systems.cascade.out ${expdir}/cascade --systems.gold.out ${expdir}/gold_text
+    --systems.cascade.out ${expdir}/cascade --systems.gold.out ${expdir}/gold_text \
+    --systems.w2p_fewshot.kind wav2prompt --systems.w2p_fewshot.out ${expdir}/w2p_fewshot \
+    --systems.w2p_fewshot_nomse.kind wav2prompt --systems.w2p_fewshot_nomse.out ${expdir}/w2p_fewshot_nomse \
+    --systems.cascade_fewshot.kind cascade --systems.cascade_fewshot.out ${expdir}/cascade_fewshot \
+    --skip_missing
 fi
 
 # ============================================================================ Stage 7: few-shot fine-tuning
@@ -253,7 +257,11 @@ if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
     --out RESULTS.md --image_dir images \
     --systems.wav2prompt.exp ${expdir}/wav2prompt --systems.w2p_nomse.exp ${expdir}/wav2prompt_nomse \
     --systems.encoder_llm.exp ${expdir}/encoder_llm --systems.cascade.exp ${expdir}/asr_ctc \
-    --systems.cascade.out ${expdir}/cascade --systems.gold.out ${expdir}/gold_text
+    --systems.cascade.out ${expdir}/cascade --systems.gold.out ${expdir}/gold_text \
+    --systems.w2p_fewshot.kind wav2prompt --systems.w2p_fewshot.out ${expdir}/w2p_fewshot \
+    --systems.w2p_fewshot_nomse.kind wav2prompt --systems.w2p_fewshot_nomse.out ${expdir}/w2p_fewshot_nomse \
+    --systems.cascade_fewshot.kind cascade --systems.cascade_fewshot.out ${expdir}/cascade_fewshot \
+    --skip_missing
 fi
 
 # ============================================================================ Stage 10: pack model
