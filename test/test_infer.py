@@ -73,6 +73,9 @@ def test_python_api_tasks_and_custom_template(packed, wavs, llm):
 
     out, model = packed
     pipe = Wav2PromptPipeline.from_pretrained(out, llm=llm)
+    from w2p.models.wav2prompt import Wav2Prompt
+
+    assert isinstance(Wav2Prompt.from_pretrained(out, llm=llm), Wav2PromptPipeline)
     _, paths = wavs
     # same prompt vectors as the unpacked model
     feats = pipe.features(paths[0])

@@ -76,6 +76,14 @@ class Wav2Prompt(nn.Module):
         self.ce_fields = list(ce_fields or [])
 
     # -- pieces ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def from_pretrained(model_dir: str, **kwargs):
+        """Load a packed model dir (recipe stage 10) for inference: returns a ``w2p.infer.Wav2PromptPipeline``,
+        whose ``.generate(wavs, task=..., **template_vars)`` runs a task (features, prompts and the frozen LLM)."""
+        from w2p.infer import Wav2PromptPipeline
+
+        return Wav2PromptPipeline.from_pretrained(model_dir, **kwargs)
+
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor):
         h, h_lens = self.encoder(feats, feat_lens)
         mask = torch.arange(h.shape[1], device=h.device)[None, :] < h_lens[:, None]
