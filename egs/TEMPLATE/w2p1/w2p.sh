@@ -185,6 +185,15 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
   done
 fi
 
+# Systems of stages 6 and 9 (the paper's comparison, all on the same frozen LLM): the exp dirs of stages 4-5,
+# and (scored in stage 9 when present) the fine-tuned ones of stages 7-8. Paths must not contain spaces.
+zeroshot_systems="--systems.wav2prompt.exp ${expdir}/wav2prompt --systems.w2p_nomse.exp ${expdir}/wav2prompt_nomse
+  --systems.encoder_llm.exp ${expdir}/encoder_llm --systems.cascade.exp ${expdir}/asr_ctc
+  --systems.cascade.out ${expdir}/cascade --systems.gold.out ${expdir}/gold_text"
+fewshot_systems="--systems.w2p_fewshot.kind wav2prompt --systems.w2p_fewshot.out ${expdir}/w2p_fewshot
+  --systems.w2p_fewshot_nomse.kind wav2prompt --systems.w2p_fewshot_nomse.out ${expdir}/w2p_fewshot_nomse
+  --systems.cascade_fewshot.kind cascade --systems.cascade_fewshot.out ${expdir}/cascade_fewshot"
+
 # ============================================================================ Stage 6: zero-shot decoding
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
   log "Stage 6: zero-shot decoding of every system on ${task_sets}${test_sets}"
@@ -193,13 +202,7 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
   # systems, tasks, beam, utterance caps: ${decode_config}; the exp dirs of stages 4-5 are passed in
   ${decode_cmd} ${expdir}/decode/log/decode.log ${python} -m w2p.bin.decode --config ${decode_config} \
     --dump_dir ${fbankdir} --llm ${llm} --num_threads ${nproc} --device $([ ${ngpu} -gt 0 ] && echo cuda || echo cpu) \
-    --systems.wav2prompt.exp ${expdir}/wav2prompt --systems.w2p_nomse.exp ${expdir}/wav2prompt_nomse \
-    --systems.encoder_llm.exp ${expdir}/encoder_llm --systems.cascade.exp ${expdir}/asr_ctc \
-    --systems.cascade.out ${expdir}/cascade --systems.gold.out ${expdir}/gold_text \
-    --systems.w2p_fewshot.kind wav2prompt --systems.w2p_fewshot.out ${expdir}/w2p_fewshot \
-    --systems.w2p_fewshot_nomse.kind wav2prompt --systems.w2p_fewshot_nomse.out ${expdir}/w2p_fewshot_nomse \
-    --systems.cascade_fewshot.kind cascade --systems.cascade_fewshot.out ${expdir}/cascade_fewshot \
-    --skip_missing
+    ${zeroshot_systems}
 fi
 
 # ============================================================================ Stage 7: few-shot fine-tuning
@@ -255,13 +258,7 @@ if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
   log "Stage 9: scoring -> RESULTS.md (+ images/cif_alignment.png, images/training_curves.png)"
   ${python} -m w2p.bin.score --config ${decode_config} --dump_dir ${fbankdir} --llm ${llm} \
     --out RESULTS.md --image_dir images \
-    --systems.wav2prompt.exp ${expdir}/wav2prompt --systems.w2p_nomse.exp ${expdir}/wav2prompt_nomse \
-    --systems.encoder_llm.exp ${expdir}/encoder_llm --systems.cascade.exp ${expdir}/asr_ctc \
-    --systems.cascade.out ${expdir}/cascade --systems.gold.out ${expdir}/gold_text \
-    --systems.w2p_fewshot.kind wav2prompt --systems.w2p_fewshot.out ${expdir}/w2p_fewshot \
-    --systems.w2p_fewshot_nomse.kind wav2prompt --systems.w2p_fewshot_nomse.out ${expdir}/w2p_fewshot_nomse \
-    --systems.cascade_fewshot.kind cascade --systems.cascade_fewshot.out ${expdir}/cascade_fewshot \
-    --skip_missing
+    ${zeroshot_systems} ${fewshot_systems} --skip_missing
 fi
 
 # ============================================================================ Stage 10: pack model
