@@ -15,33 +15,10 @@ import json
 import os
 import subprocess
 
+# Kaldi-style key/value files and atomic writes: one implementation, in the data layer (re-exported here).
+from w2p.data.datadir import read_kv, write_kv_atomic  # noqa: F401
+from w2p.data.datadir import write_atomic as write_text_atomic
 from w2p.tasks import canonical_intent, get_task, normalize_answer, normalize_transcript
-
-
-# -- io ---------------------------------------------------------------------------------------------------------
-def read_kv(path: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            key, _, val = line.partition(" ")
-            if key in out:
-                raise ValueError(f"{path}:{n}: duplicate key {key!r}")
-            out[key] = val.strip()
-    return out
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_kv_atomic(path: str, items: dict[str, str]) -> None:
-    write_text_atomic(path, "".join(f"{k} {v}\n" for k, v in items.items()))
 
 
 # -- metrics ----------------------------------------------------------------------------------------------------

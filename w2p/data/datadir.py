@@ -56,7 +56,24 @@ def read_kv_lines(path: str) -> list[tuple[str, str]]:
 
 
 def read_kv(path: str) -> "OrderedDict[str, str]":
-    return OrderedDict(read_kv_lines(path))
+    """Kaldi-style ``key value...`` file -> dict (value = rest of the line, stripped; may be empty).
+
+    Blank lines are skipped; a repeated key is an error naming the file and line (the validator reports such
+    files in full, with the fix)."""
+    out: "OrderedDict[str, str]" = OrderedDict()
+    for n, (key, value) in enumerate(read_kv_lines(path), 1):
+        if not key:
+            continue
+        if key in out:
+            raise ValueError(f"{path}:{n}: duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def write_kv_atomic(path: str, items) -> None:
+    """Write ``key value`` lines in the given order (a dict or (key, value) pairs), atomically."""
+    pairs = items.items() if isinstance(items, dict) else items
+    write_atomic(path, "".join(f"{k} {v}\n" for k, v in pairs))
 
 
 def spk2utt_from_utt2spk(utt2spk: dict) -> dict:

@@ -12,27 +12,13 @@ import os
 import numpy as np
 import torch
 
+from w2p.data.datadir import read_kv, write_kv_atomic  # noqa: F401  (re-exported for the stage-3 tools)
+
 log = logging.getLogger(__name__)
 
 # files of a dump dir that are not per-utterance string fields of the batch
 _NOT_FIELDS = {"feats.scp", "utt2num_frames", "llm_tokens", "bpe_tokens", "spk2utt", "intents", "cmvn.npz",
                "wav.scp", "segments", "reco2dur", "utt2dur", "feats_type", "frame_shift", "utt2spk"}
-
-
-def read_kv(path: str) -> dict[str, str]:
-    """Kaldi-style ``key value...`` file -> dict (value = rest of the line, may be empty)."""
-    out: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            parts = line.split(maxsplit=1)
-            key = parts[0]
-            if key in out:
-                raise ValueError(f"{path}:{n}: duplicate key {key}")
-            out[key] = parts[1] if len(parts) > 1 else ""
-    return out
 
 
 def read_int_lists(path: str) -> dict[str, list[int]]:
@@ -43,14 +29,6 @@ def read_int_lists(path: str) -> dict[str, list[int]]:
         except ValueError:
             raise ValueError(f"{path}: utterance {k} has non-integer token ids (rerun stage 3)") from None
     return out
-
-
-def write_kv_atomic(path: str, items) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for k, v in items:
-            f.write(f"{k} {v}\n")
-    os.replace(tmp, path)
 
 
 def find_bpe_model(dump_dir: str) -> str | None:
