@@ -284,23 +284,39 @@ def cif_reference_backward(grad_out: Tensor, hidden: Tensor, alphas: Tensor, len
     return grad_h.to(hidden.dtype), grad_a.to(alphas.dtype)
 
 
-class _CifReferenceFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, alphas, lengths, threshold, target_lengths, tail_threshold):
-        out, out_lengths, fire = cif_reference(hidden, alphas, lengths, threshold, target_lengths, tail_threshold)
+class _CifFunction(torch.autograd.Function):
+    """Shared autograd plumbing of the reference and ext backends: subclasses give the kernel pair
+    ``_fwd(hidden, alphas, lengths, threshold, target_lengths, tail_threshold) -> (out, out_lengths, fire)`` and
+    ``_bwd(grad_out, hidden, alphas, lengths, out, threshold, target_lengths, tail_threshold) -> (gh, ga)``."""
+
+    @classmethod
+    def forward(cls, ctx, hidden, alphas, lengths, threshold, target_lengths, tail_threshold):
+        out, out_lengths, fire = cls._fwd(hidden, alphas, lengths, threshold, target_lengths, tail_threshold)
         ctx.save_for_backward(hidden, alphas, lengths, out, target_lengths)
         ctx.args = (threshold, tail_threshold)
         ctx.mark_non_differentiable(out_lengths, fire)
         return out, out_lengths, fire
 
-    @staticmethod
+    @classmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out, _gl, _gf):
+    def backward(cls, ctx, grad_out, _gl, _gf):
         hidden, alphas, lengths, out, target_lengths = ctx.saved_tensors
         threshold, tail_threshold = ctx.args
-        gh, ga = cif_reference_backward(grad_out, hidden, alphas, lengths, threshold, target_lengths,
-                                        tail_threshold, out=out)
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        gh, ga = cls._bwd(grad_out, hidden, alphas, lengths, out, threshold, target_lengths, tail_threshold)
         return gh, ga, None, None, None, None
+
+
+class _CifReferenceFn(_CifFunction):
+    @staticmethod
+    def _fwd(hidden, alphas, lengths, threshold, target_lengths, tail_threshold):
+        return cif_reference(hidden, alphas, lengths, threshold, target_lengths, tail_threshold)
+
+    @staticmethod
+    def _bwd(grad_out, hidden, alphas, lengths, out, threshold, target_lengths, tail_threshold):
+        return cif_reference_backward(grad_out, hidden, alphas, lengths, threshold, target_lengths,
+                                      tail_threshold, out=out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,26 +382,15 @@ def cif_torch(hidden: Tensor, alphas: Tensor, lengths: Optional[Tensor] = None, 
 # ----------------------------------------------------------------------------------------------
 # the extension op (C++ CPU / CUDA) with its analytic backward
 # ----------------------------------------------------------------------------------------------
-class _CifExtFn(torch.autograd.Function):
+class _CifExtFn(_CifFunction):
     @staticmethod
-    def forward(ctx, hidden, alphas, lengths, threshold, target_lengths, tail_threshold):
-        out, out_lengths, fire = torch.ops.w2p.cif_forward(hidden, alphas, lengths, threshold, target_lengths,
-                                                           tail_threshold)
-        ctx.save_for_backward(hidden, alphas, lengths, out, target_lengths)
-        ctx.args = (threshold, tail_threshold)
-        ctx.mark_non_differentiable(out_lengths, fire)
-        return out, out_lengths, fire
+    def _fwd(hidden, alphas, lengths, threshold, target_lengths, tail_threshold):
+        return torch.ops.w2p.cif_forward(hidden, alphas, lengths, threshold, target_lengths, tail_threshold)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out, _gl, _gf):
-        hidden, alphas, lengths, out, target_lengths = ctx.saved_tensors
-        threshold, tail_threshold = ctx.args
-        if grad_out is None:
-            grad_out = torch.zeros_like(out)
-        gh, ga = torch.ops.w2p.cif_backward(grad_out.contiguous(), hidden, alphas, lengths, out, threshold,
-                                            target_lengths, tail_threshold)
-        return gh, ga, None, None, None, None
+    def _bwd(grad_out, hidden, alphas, lengths, out, threshold, target_lengths, tail_threshold):
+        return torch.ops.w2p.cif_backward(grad_out.contiguous(), hidden, alphas, lengths, out, threshold,
+                                          target_lengths, tail_threshold)
 
 
 def _ext_supports(hidden: Tensor) -> bool:
