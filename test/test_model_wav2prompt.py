@@ -88,3 +88,32 @@ def test_ctc_branch_and_config_errors(llm, tiny_recipe):
         build_model("wav2prompt", {"encoder": dict(TINY_ENCODER)}, None)
     with pytest.raises(ValueError, match="unknown model"):
         build_model("nope", {}, llm)
+
+
+def test_ctc_warmup_trains_only_ctc_then_everything(llm, tiny_recipe):
+    with pytest.raises(ValueError, match="ctc_warmup_steps"):
+        _model(llm, ctc_warmup_steps=5)
+    model = _model(llm, ctc_weight=0.5, bpe_vocab=20, ctc_warmup_steps=3, mse_weight=1.0, qua_weight=1.0)
+    batch = _batch(tiny_recipe, llm)
+    batch["bpe_tokens"] = [[i % 20 for i in range(len(t))] for t in batch["llm_tokens"]]
+
+    def grads_at(step, train=True):
+        model.zero_grad(set_to_none=True)
+        model.train(train)
+        model.set_train_step(step)
+        torch.manual_seed(1)
+        loss, stats = model(batch)
+        if train:
+            loss.backward()
+        return loss, stats
+
+    loss, stats = grads_at(2)  # warm-up: the loss is the CTC term alone; MSE/quantity give no gradient
+    assert loss.item() == pytest.approx(0.5 * stats["ctc"], rel=1e-5)
+    assert model.proj.weight.grad.abs().sum() == 0
+    assert model.ctc_head.weight.grad.abs().sum() > 0
+    loss, stats = grads_at(3)  # after it: every term
+    assert loss.item() == pytest.approx(stats["mse"] + stats["qua"] + 0.5 * stats["ctc"], rel=1e-5)
+    assert model.proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # validation (eval mode) always scores the full loss, even during the warm-up
+        loss, stats = grads_at(0, train=False)
+    assert loss.item() == pytest.approx(stats["mse"] + stats["qua"] + 0.5 * stats["ctc"], rel=1e-5)

@@ -162,3 +162,18 @@ def test_sigkill_then_resume_loses_at_most_one_interval(single_run, tiny_recipe,
         assert got[s] == pytest.approx(ref[s], rel=1e-5, abs=1e-6), f"step {s}"
     hist = json.load(open(out / "history.json"))
     assert [h["epoch"] for h in hist] == [1, 2, 3]
+
+
+def test_warmup_cosine_schedule():
+    from w2p.train.trainer import lr_lambda
+
+    f = lr_lambda("warmup_cosine", {"warmup_steps": 10, "final_ratio": 0.05}, total_steps=110)
+    vals = [f(s) for s in range(200)]
+    assert vals[0] == pytest.approx(0.1) and vals[9] == pytest.approx(1.0)
+    assert vals[60] == pytest.approx(0.05 + 0.95 * 0.5, rel=1e-6)  # half-way through the decay
+    assert all(a >= b for a, b in zip(vals[9:110], vals[10:111]))  # monotone decay
+    assert vals[110] == pytest.approx(0.05) and vals[199] == pytest.approx(0.05)  # held at the floor after
+    with pytest.raises(ValueError, match="number of training steps"):
+        lr_lambda("warmup_cosine", {}, total_steps=None)
+    with pytest.raises(ValueError, match="warmup_cosine"):
+        lr_lambda("cosine??", {})

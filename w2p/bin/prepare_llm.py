@@ -32,7 +32,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_set", default="train", help="set whose transcripts train the BPE model")
     p.add_argument("--bpe_dir", default="data/lang/bpe", help="output dir of the sentencepiece model")
     p.add_argument("--nbpe", type=int, default=500, help="BPE vocabulary size")
-    p.add_argument("--bpe_type", default="bpe", choices=["bpe", "unigram"])
+    p.add_argument("--bpe_type", default="bpe", choices=["bpe", "unigram", "char"],
+                   help="sentencepiece model type (char: one piece per character; nbpe is then an upper bound)")
     p.add_argument("--no_bpe", action="store_true", help="skip the BPE model")
     return p
 

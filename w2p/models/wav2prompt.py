@@ -7,6 +7,11 @@ where y_1..y_U is the transcript tokenised by the frozen LLM's tokenizer (no spe
 input-embedding table. In training the CIF weights are scaled so that each utterance fires exactly U times (one
 vector per target token); at inference CIF fires naturally (threshold + tail rule).
 
+CTC warm-up (``ctc_warmup_steps``): for the first N optimiser steps only the CTC term trains (the encoder). Trained
+jointly from scratch, the MSE and quantity terms pull the encoder towards a position-only solution (alpha flat,
+fires evenly spaced, CTC stuck near the unigram plateau); once CTC has taught the encoder where the tokens are,
+the CIF weights learn to follow them. Validation always uses the full loss, so best-epoch selection is unaffected.
+
 MSE is measured in units of the embedding table's standard deviation (the projection predicts E[y]/std and the
 prompt is that times std), so the loss weights do not depend on the LLM's embedding scale. Every loss term is a
 per-utterance mean averaged over the batch (exactly splittable across processes).
@@ -36,7 +41,7 @@ class Wav2Prompt(nn.Module):
     def __init__(self, llm, encoder: dict | None = None, cif: dict | None = None, proj_hidden: int = 0,
                  mse_weight: float = 1.0, qua_weight: float = 1.0, ctc_weight: float = 0.0, ce_weight: float = 0.0,
                  bpe_vocab: int | None = None, bpe_model: str | None = None, ce_template: str = DEFAULT_CE_TEMPLATE, ce_target: str = "text",
-                 ce_fields: list[str] | None = None):
+                 ce_fields: list[str] | None = None, ctc_warmup_steps: int = 0):
         super().__init__()
         if llm is None:
             raise ValueError("Wav2Prompt needs the frozen LLM (its tokenizer and embedding table)")
@@ -74,6 +79,19 @@ class Wav2Prompt(nn.Module):
             self.ctc_head = nn.Linear(d, self.bpe_vocab + 1)  # blank = last index; BPE ids unchanged
         self.ce_template, self.ce_target = ce_template, ce_target
         self.ce_fields = list(ce_fields or [])
+        self.ctc_warmup_steps = int(ctc_warmup_steps or 0)
+        if self.ctc_warmup_steps and self.ctc_head is None:
+            raise ValueError("model_conf.ctc_warmup_steps > 0 needs ctc_weight > 0 (the warm-up trains CTC only)")
+        self._train_step = 0
+
+    def set_train_step(self, step: int) -> None:
+        """Called by the trainer before each forward with the number of optimiser steps done."""
+        self._train_step = int(step)
+
+    def _loss_weights(self) -> tuple[float, float, float]:
+        if self.training and self._train_step < self.ctc_warmup_steps:
+            return 0.0, 0.0, 0.0
+        return self.mse_weight, self.qua_weight, self.ce_weight
 
     # -- pieces ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -130,7 +148,8 @@ class Wav2Prompt(nn.Module):
         mse = (se.sum(1) / U.float()).mean()
         alpha_sum = alphas.float().sum(1)
         qua = (alpha_sum - U.float()).abs().mean()
-        loss = self.mse_weight * mse + self.qua_weight * qua
+        w_mse, w_qua, w_ce = self._loss_weights()
+        loss = w_mse * mse + w_qua * qua
         stats = {"mse": float(mse.detach()), "qua": float(qua.detach())}
         with torch.no_grad():
             cos = nn.functional.cosine_similarity(pred, tgt, dim=-1)
@@ -146,11 +165,11 @@ class Wav2Prompt(nn.Module):
             ctc = (ctc / blen.clamp(min=1).float()).mean()
             loss = loss + self.ctc_weight * ctc
             stats["ctc"] = float(ctc.detach())
-        if self.ce_weight > 0:
+        if w_ce > 0:
             speech = [pred[i, :int(U[i])] * self.emb_scale for i in range(len(U))]
             fields = {f: batch[f] for f in self.ce_fields}
             ce = self.llm.ce_loss(self.ce_template, speech, batch[self.ce_target], **fields).to(dev)
-            loss = loss + self.ce_weight * ce
+            loss = loss + w_ce * ce
             stats["ce"] = float(ce.detach())
         if not self.training:
             stats.update(self._eval_stats(h, h_lens, alphas, pred, ids, U))

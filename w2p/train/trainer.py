@@ -52,15 +52,30 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def lr_lambda(name: str, conf: dict):
+def lr_lambda(name: str, conf: dict, total_steps: int | None = None):
+    """LR factor per optimiser step. ``warmup_cosine`` decays to ``final_ratio`` at ``total_steps`` (the config's
+    max_steps, else max_epoch x batches per epoch): on a fixed budget, ending at a low LR gains much more than
+    the slow 1/sqrt decay of warmuplr."""
     warm = max(1, int(conf.get("warmup_steps", 0) or 1))
     if name == "warmuplr":  # ESPnet WarmupLR: peak = lr at step == warmup, then ~ 1/sqrt(step)
         return lambda s: min((s + 1) / warm, math.sqrt(warm / (s + 1)))
     if name == "warmup_constant":
         return lambda s: min(1.0, (s + 1) / warm)
+    if name == "warmup_cosine":
+        if not total_steps:
+            raise ValueError("scheduler warmup_cosine needs the number of training steps (max_epoch or max_steps)")
+        final = float(conf.get("final_ratio", 0.02))
+        total = max(warm + 1, int(total_steps))
+
+        def f(s):
+            if s < warm:
+                return (s + 1) / warm
+            x = min(1.0, (s - warm) / (total - warm))
+            return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * x))
+        return f
     if name in ("none", None):
         return lambda s: 1.0
-    raise ValueError(f"unknown scheduler {name!r}: warmuplr | warmup_constant | none")
+    raise ValueError(f"unknown scheduler {name!r}: warmuplr | warmup_constant | warmup_cosine | none")
 
 
 def build_optimizer(name: str, params, conf: dict):
@@ -183,9 +198,6 @@ class Trainer:
         log.info("model %s: %.2fM trainable parameters; device %s; world %d; amp %s",
                  conf["model"], n_par / 1e6, self.device, self.dist.world, self.amp)
         self.optim = build_optimizer(conf["optim"], self.params, conf["optim_conf"])
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lr_lambda(conf["scheduler"],
-                                                                               conf.get("scheduler_conf") or {}))
-
         self.train_set = DumpDataset(train_dir, llm=llm, preload=conf.get("preload", True))
         self.valid_set = DumpDataset(valid_dir, llm=llm, preload=conf.get("preload", True))
         self.sampler = BucketSampler(self.train_set.lengths(), int(conf["batch_frames"]),
@@ -195,6 +207,11 @@ class Trainer:
                                            max_batch_size=conf.get("max_batch_size"), shuffle=False,
                                            rank=self.dist.rank, world_size=min(self.dist.world,
                                                                                len(self.valid_set)))
+        accum = max(1, int(conf["accum_grad"]))
+        total_steps = conf.get("max_steps") or int(conf["max_epoch"]) * math.ceil(len(self.sampler) / accum)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lr_lambda(conf["scheduler"],
+                                                                               conf.get("scheduler_conf") or {},
+                                                                               int(total_steps)))
         self.step = 0
         self.history: list[dict] = []  # per epoch: {"epoch", "valid": {...}, "train": {...}}
         self.ckpt_path = os.path.join(output_dir, "checkpoint.pt")
@@ -268,6 +285,9 @@ class Trainer:
         return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     def _forward(self, batch: dict):
+        set_step = getattr(self.model, "set_train_step", None)
+        if set_step is not None:  # models with a loss schedule (Wav2Prompt's CTC warm-up) see the global step
+            set_step(self.step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             loss, stats = self.model(batch)
         return loss, stats

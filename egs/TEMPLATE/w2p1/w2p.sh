@@ -45,6 +45,7 @@ nomse_config=conf/train_wav2prompt_nomse.yaml  # no-MSE ablation (stage 5)
 fewshot_config=conf/finetune_fewshot.yaml # few-shot fine-tuning (stage 7)
 decode_config=conf/decode.yaml            # decoding (stages 6, 8)
 nbpe=500
+bpe_type=bpe       # sentencepiece type of the CTC units: bpe | unigram | char
 
 help_message=$(cat << EOF
 Usage: $0 [options]
@@ -72,7 +73,8 @@ Options (default):
   --nomse_config ${nomse_config}
   --fewshot_config ${fewshot_config}
   --decode_config ${decode_config}
-  --nbpe ${nbpe}              BPE size for the CTC ASR
+  --nbpe ${nbpe}              BPE size for the CTC ASR (an upper bound for --bpe_type char)
+  --bpe_type ${bpe_type}        sentencepiece type of the CTC units (bpe | unigram | char)
 EOF
 )
 
@@ -147,7 +149,7 @@ if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
   validate dump "run stage 2 (features) first" $(prefixed ${fbankdir} ${all_sets})
   # converts the LLM once into tools/cache/llm/<name>/; writes <set>/llm_tokens (+ bpe_tokens), data/lang/bpe/
   ${python} -m w2p.bin.prepare_llm --llm ${llm} --dump_dir ${fbankdir} --sets ${all_sets} \
-    --train_set ${train_set} --bpe_dir ${datadir}/lang/bpe --nbpe ${nbpe}
+    --train_set ${train_set} --bpe_dir ${datadir}/lang/bpe --nbpe ${nbpe} --bpe_type ${bpe_type}
 fi
 
 # ============================================================================ Stage 4: Wav2Prompt training
