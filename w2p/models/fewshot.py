@@ -217,6 +217,7 @@ class FewShotWav2Prompt(Wav2Prompt):
         for k in ("ce_template", "ce_target", "ce_fields"):
             w2p_conf.pop(k, None)
         w2p_conf["ctc_weight"] = 0.0
+        w2p_conf.pop("ctc_warmup_steps", None)  # a stage-4 schedule; fine-tuning trains every term from step 0
         super().__init__(llm, mse_weight=mse_weight, qua_weight=qua_weight, ce_weight=0.0, **w2p_conf)
         self.task_ce_weight = float(ce_weight)
         if task is not None:

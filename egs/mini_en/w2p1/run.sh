@@ -9,6 +9,8 @@ set -o pipefail
   --train_set train --valid_set dev --test_sets "test" \
   --tasks "st slu sqqa sqa" \
   --llm smollm2-135m \
+  --nbpe 100 --bpe_type char \
+  --nproc 2 \
   --train_config conf/train_wav2prompt.yaml \
   --asr_config conf/train_asr_ctc.yaml \
   --encllm_config conf/train_encoder_llm.yaml \
