@@ -8,7 +8,7 @@ import torch
 import yaml
 from conftest import SENTENCES, TINY_ENCODER
 
-from w2p.decode import choice_logprobs, choose, load_set
+from w2p.decode import calibrate_scores, choice_logprobs, choose, load_set
 from w2p.models import build_model
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,6 +40,35 @@ def test_choice_logprobs_equal_full_forward(llm):
     # calibration subtracts the same per-label prior from every row
     raw = choose(llm, tpl, ["wake me up at seven"], cands, calibrate=False)
     assert raw == [int(scores[0].argmax())]
+
+
+def test_batch_calibration_removes_label_prior():
+    """A label the LLM prefers whatever the input wins every raw argmax; batch calibration divides its mean
+    probability out, so the input-dependent part decides again. No LLM call is needed in batch mode."""
+    torch.manual_seed(0)
+    n, k = 40, 5
+    truth = torch.arange(n) % k
+    signal = torch.nn.functional.one_hot(truth, k).float() * 2.0 + 0.3 * torch.randn(n, k)
+    prior = torch.tensor([4.0, 0.0, -1.0, 0.5, 0.0])  # log-prior bias toward label 0
+    scores = signal + prior
+    assert (scores.argmax(1) == 0).float().mean() > 0.9
+    cal = calibrate_scores(None, scores, "batch", "", [])
+    assert (cal.argmax(1) == truth).float().mean() > 0.9
+    # the per-label mean probability after calibration is flat (the prior is gone)
+    mean_p = torch.logsumexp(torch.log_softmax(cal, 1), 0) - torch.log(torch.tensor(float(n)))
+    assert float(mean_p.max() - mean_p.min()) < 1.0
+    assert torch.equal(calibrate_scores(None, scores, "none", "", []), scores)
+
+
+def test_batch_calibration_needs_many_inputs(llm):
+    """One input estimates no prior (every label calibrates to 0): content-free calibration is used instead."""
+    tpl = "Which is it? {speech}"
+    cands = ["set alarm", "play music", "red"]
+    sc = choice_logprobs(llm, llm.build_inputs(tpl, ["wake me up at seven"]), cands)
+    got = calibrate_scores(llm, sc, "batch", tpl, cands)
+    assert torch.allclose(got, calibrate_scores(llm, sc, "content_free", tpl, cands))
+    with pytest.raises(ValueError, match="calibrate"):
+        choose(llm, tpl, ["x"], cands, calibrate="platt")
 
 
 def _write_exp(root, name, model_name, conf, llm, bpe=None):

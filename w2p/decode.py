@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -181,31 +182,82 @@ def choice_logprobs(llm, inputs, candidates: list[str]) -> torch.Tensor:
     return (first + rest).view(B, K)
 
 
-def choose(llm, template: str, speech: list, candidates: list[str], *, calibrate: bool = True,
-           chunk: int = 8, **fields) -> list[int]:
-    """Index of the best candidate per utterance; calibrated by a content-free input when ``calibrate``."""
+CALIBRATIONS = ("content_free", "batch", "none")
+BATCH_CALIBRATION_MIN = 8  # fewer inputs estimate no prior (1 input: every label calibrates to 0)
+CALIBRATION_NOTES = {  # RESULTS.md wording per mode
+    "content_free": "the score is calibrated by the same label scored with a content-free input (\"N/A\").",
+    "batch": "the scores are batch-calibrated (Zhou et al. 2024): normalised over the labels, then each label's mean "
+             "probability over the system's own test inputs is divided out (no labels used), so the LLM's label prior "
+             "is removed in the same way for speech prompts and for text.",
+    "none": "no calibration.",
+}
+
+
+def _calibration_mode(calibrate) -> str:
+    """True/False (old configs) -> "content_free"/"none"; a string must be one of CALIBRATIONS."""
+    if calibrate is True:
+        return "content_free"
+    if calibrate is False or calibrate is None:
+        return "none"
+    if calibrate not in CALIBRATIONS:
+        raise ValueError(f"calibrate: {calibrate!r} is not one of {', '.join(CALIBRATIONS)} (or true/false)")
+    return calibrate
+
+
+def choice_scores(llm, template: str, speech: list, candidates: list[str], *, chunk: int = 8, **fields) -> torch.Tensor:
+    """(N, K) log-probabilities of every candidate answer for every input, in chunks of ``chunk`` inputs."""
     scores = []
     for s in range(0, len(speech), chunk):
         sub = {k: (v[s:s + chunk] if isinstance(v, list) else v) for k, v in fields.items()}
         scores.append(choice_logprobs(llm, llm.build_inputs(template, speech[s:s + chunk], **sub), candidates))
-    sc = torch.cat(scores, 0)
-    if calibrate:
+    return torch.cat(scores, 0)
+
+
+def calibrate_scores(llm, scores: torch.Tensor, mode: str, template: str, candidates: list[str], **fields) -> torch.Tensor:
+    """Remove the LLM's per-label prior from (N, K) candidate log-probabilities.
+
+    content_free: subtract the label's log-probability given the content-free text input (Zhao et al. 2021);
+      it estimates the prior of a *text* prompt, so it suits text inputs (cascade, gold) best.
+    batch: batch calibration (Zhou et al. 2024): normalise over the candidates, then subtract the log of each
+      label's mean probability over the N inputs scored together. It needs no labels and estimates the prior
+      from the system's own inputs, so it is as fair to speech prompts as to text; needs N >> 1.
+    none: the raw scores."""
+    if mode == "none":
+        return scores
+    if mode == "batch" and scores.shape[0] < BATCH_CALIBRATION_MIN:
+        log.warning("batch calibration needs >= %d inputs (got %d): content-free calibration instead",
+                    BATCH_CALIBRATION_MIN, scores.shape[0])
+        mode = "content_free"
+    if mode == "content_free":
         sub = {k: (v[:1] if isinstance(v, list) else v) for k, v in fields.items()}
-        sc = sc - choice_logprobs(llm, llm.build_inputs(template, [CALIBRATION_INPUT], **sub), candidates)
+        return scores - choice_logprobs(llm, llm.build_inputs(template, [CALIBRATION_INPUT], **sub), candidates)
+    lp = torch.log_softmax(scores.float(), 1)
+    prior = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+    return lp - prior
+
+
+def choose(llm, template: str, speech: list, candidates: list[str], *, calibrate="content_free",
+           chunk: int = 8, **fields) -> list[int]:
+    """Index of the best candidate per utterance, after ``calibrate`` (see calibrate_scores)."""
+    sc = choice_scores(llm, template, speech, candidates, chunk=chunk, **fields)
+    sc = calibrate_scores(llm, sc, _calibration_mode(calibrate), template, candidates, **fields)
     return sc.argmax(1).tolist()
 
 
 # -- one system x one task ----------------------------------------------------------------------------------------
 def decode_task(llm, system: System, task_name: str, ts: TestSet, *, beam: int = 5, repetition_penalty: float = 1.5,
                 max_new_tokens: int | None = None, batch_size: int = 16, template: str | None = None,
-                calibrate: bool = True) -> tuple[dict[str, str], dict]:
+                calibrate="content_free") -> tuple[dict[str, str], dict]:
     """Returns (hyp per utt, timing/stats). The reference for ASR is the transcript, otherwise ``ref``."""
     task = get_task(task_name)
     tpl = template or task.template
     mnt = max_new_tokens or task.max_new_tokens
     if task.mode == "choice" and not ts.intents:
         raise FileNotFoundError(f"{ts.dump_dir}/intents missing: the {task_name} task needs the label set")
+    mode = _calibration_mode(calibrate)
     hyps: dict[str, str] = {}
+    choice_utts: list[str] = []
+    choice_raw: list[torch.Tensor] = []
     transcripts: dict[str, str] = {}
     n_vec = 0
     t0 = time.perf_counter()
@@ -222,13 +274,19 @@ def decode_task(llm, system: System, task_name: str, ts: TestSet, *, beam: int =
         if task.mode == "choice":
             fields["intents"] = intents_prompt(ts.intents)
             cands = [readable_intent(i) for i in ts.intents]
-            best = choose(llm, tpl, sp, cands, calibrate=calibrate, **fields)
-            out = [canonical_intent(ts.intents[b]) for b in best]
+            # calibrated once over the whole set (batch calibration needs every input's scores)
+            choice_utts.extend(utts)
+            choice_raw.append(choice_scores(llm, tpl, sp, cands, **fields))
+            continue
         else:
             out = llm.generate(llm.build_inputs(tpl, sp, **fields), max_new_tokens=mnt, num_beams=beam,
                                repetition_penalty=repetition_penalty, batch_size=batch_size)
         for u, h in zip(utts, out):
             hyps[u] = " ".join(h.split())  # one line per utterance in a Kaldi-style file
+    if choice_raw:
+        sc = calibrate_scores(llm, torch.cat(choice_raw, 0), mode, tpl, cands, **fields)
+        for u, b in zip(choice_utts, sc.argmax(1).tolist()):
+            hyps[u] = canonical_intent(ts.intents[b])
     dt = time.perf_counter() - t0
     timing = {"decode_sec": round(dt, 3), "audio_sec": round(ts.audio_sec(), 3), "n_utts": len(ts.utt_ids),
               "system": system.name, "task": task_name, "beam": beam, "repetition_penalty": repetition_penalty,

@@ -11,9 +11,12 @@ keeping the one it follows best (see ``w2p/tasks.py`` history / the decoding eng
   * SLU: the 135M model never writes an intent name reliably when asked to generate one (it paraphrases the
     command), so SLU is decoded as a closed-set choice: every listed intent is scored by the LLM's log-probability
     as the answer (intent words + eos) and the best is taken. A 135M model strongly prefers some labels whatever
-    the input, so the scores are calibrated ("calibrate before use", Zhao et al. 2021): the log-probability of
-    the same label given a content-free input ("N/A" in place of ``{speech}``) is subtracted. On 12 hand-written
-    gold commands this gave 8/12 correct vs 1/12 uncalibrated.
+    the input, so the scores are calibrated (w2p.decode.calibrate_scores). ``content_free`` ("calibrate before
+    use", Zhao et al. 2021) subtracts the log-probability of the same label given a content-free input ("N/A" in
+    place of ``{speech}``): on 12 hand-written gold commands 8/12 correct vs 1/12 uncalibrated; it is what a single
+    input (w2p.infer) uses. ``batch`` (Zhou et al. 2024, the test-set default) divides out each label's mean
+    probability over the system's own inputs: the "N/A" prior is a text prior and penalised speech prompts (40
+    mini_en test utts: Wav2Prompt 2.5% -> 17.5%, cascade 12.5% -> 32.5%, gold text 30% -> 40%).
   * SQQA / SQA: short-answer instructions; the model answers in a sentence ("The capital of France is Paris."),
     which the "contains the gold answer" accuracy credits, while normalised exact match stays strict.
 

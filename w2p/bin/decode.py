@@ -25,7 +25,7 @@ DEFAULTS = {
     "batch_size": 16,
     "max_utts": None,  # cap per test set (first N sorted utterance ids); None = all
     "asr_beam": 1,  # CTC prefix-beam width for the cascade's ASR (1 = greedy)
-    "calibrate": True,  # SLU closed-set choice calibrated with a content-free input
+    "calibrate": "batch",  # SLU closed-set choice: batch | content_free | none (w2p.decode.calibrate_scores)
     "num_threads": None,
     "tasks": {"asr": "test", "st": "st_test", "slu": "slu_test", "sqqa": "sqqa_test", "sqa": "sqa_test"},
     "systems": {
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                                        repetition_penalty=float(conf["repetition_penalty"]),
                                        max_new_tokens=(conf.get("max_new_tokens") or {}).get(t),
                                        batch_size=int(conf["batch_size"]), template=(conf.get("templates") or {}).get(t),
-                                       calibrate=bool(conf["calibrate"]))
+                                       calibrate=conf["calibrate"])
             out = os.path.join(out_dir_of(spec, name), f"decode_{t}_{ts.name}")
             write_decode_dir(out, hyps, references(t, ts), timing, text=ts.text)
             logging.info("%s / %s: %d utts in %.1f s (RTF %.3f) -> %s", name, t, len(hyps), timing["decode_sec"],
