@@ -58,7 +58,7 @@ echo 12345; exit $rc
 def test_help_and_option_errors():
     p = sh("./run.sh --help", cwd=MINI, check=True)
     for opt in ("--stage", "--stop_stage", "--nj", "--ngpu", "--nproc", "--seed", "--llm", "--train_config",
-                "--asr_config", "--encllm_config", "--nomse_config", "--fewshot_config", "--decode_config", "--tasks"):
+                "--ce_config", "--asr_config", "--encllm_config", "--nomse_config", "--fewshot_config", "--decode_config", "--tasks"):
         assert opt in p.stdout, opt
     p = sh("./run.sh --no_such_option 1", cwd=MINI)
     assert p.returncode != 0 and "invalid option --no_such_option" in p.stderr

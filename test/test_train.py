@@ -47,6 +47,27 @@ def test_config_overrides(tmp_path):
         apply_overrides({}, ["--x"])
 
 
+def test_config_layers(tmp_path):
+    """A second --config states only what it changes (stage 4's CE phase over the regression config)."""
+    base = tmp_path / "base.yaml"
+    base.write_text("model_conf:\n  encoder: {output_size: 64, num_blocks: 2}\n  mse_weight: 1.0\n  ce_weight: 0.0\n"
+                    "max_epoch: 17\noptim_conf: {lr: 0.004}\nscheduler: warmup_cosine\n"
+                    "scheduler_conf: {warmup_steps: 150, final_ratio: 0.02}\n")
+    layer = tmp_path / "ce.yaml"
+    layer.write_text("model_conf: {ce_weight: 1.0}\nmax_epoch: 1\noptim_conf: {lr: 5.0e-4}\n"
+                     "scheduler: warmup_constant\nscheduler_conf: {warmup_steps: 10}\n")
+    conf = load_config([str(base), str(layer)], ["--model_conf.mse_weight", "2"])
+    assert conf["model_conf"] == {"encoder": {"output_size": 64, "num_blocks": 2}, "mse_weight": 2.0, "ce_weight": 1.0}
+    assert conf["max_epoch"] == 1 and conf["optim_conf"]["lr"] == 5e-4 and conf["optim_conf"]["betas"] == [0.9, 0.98]
+    # another scheduler: the base's scheduler_conf (final_ratio) must not leak into it
+    assert conf["scheduler"] == "warmup_constant" and conf["scheduler_conf"] == {"warmup_steps": 10}
+    # the first file still replaces the (empty) default model_conf, and one path == a one-element list
+    assert load_config(str(base)) == load_config([str(base)])
+    (tmp_path / "bad.yaml").write_text("max_epochs: 3\n")
+    with pytest.raises(ValueError, match="bad.yaml: unknown top-level key"):
+        load_config([str(base), str(tmp_path / "bad.yaml")])
+
+
 def _write_conf(path, **extra):
     conf = {"model": "wav2prompt",
             "model_conf": {"encoder": dict(TINY_ENCODER), "cif": {"dropout": 0.0}, "qua_weight": 0.5},
@@ -106,6 +127,32 @@ def test_single_process_run_outputs(single_run):
     assert cfg["model_conf"]["encoder"]["cmvn"].endswith("cmvn.npz")
     losses = _train_losses(out)
     assert losses[max(losses)] < losses[1]  # it learns
+
+
+def test_ce_phase_layered_over_the_stage4_config(single_run, tiny_recipe, tmp_path):
+    """Stage 4's CE phase: ``--config base --config layer --init <stage-4 model>``: the same architecture, the
+    layer's loss weights and schedule, the LLM cross-entropy term trained."""
+    conf, out = single_run
+    layer = tmp_path / "ce.yaml"
+    layer.write_text("model_conf: {ce_weight: 1.0, ce_template: 'Repeat the following sentence: {speech}'}\n"
+                     "max_epoch: 1\nmax_steps: 2\nnbest_average: 1\nscheduler: warmup_constant\n"
+                     "scheduler_conf: {warmup_steps: 1}\n")
+    ce_out = tmp_path / "exp_ce"
+    p = subprocess.run(_cmd(conf, tiny_recipe, ce_out, "--config", str(layer), "--init",
+                            os.path.join(out, "model.pt")), env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    with open(ce_out / "config.yaml") as f:
+        got = yaml.safe_load(f)
+    with open(conf) as f:
+        base = yaml.safe_load(f)
+    enc = {k: v for k, v in got["model_conf"]["encoder"].items() if k != "cmvn"}  # the trainer records the CMVN
+    assert enc == base["model_conf"]["encoder"] and got["model_conf"]["ce_weight"] == 1.0
+    assert got["model_conf"]["qua_weight"] == base["model_conf"]["qua_weight"]
+    assert got["scheduler"] == "warmup_constant" and got["scheduler_conf"] == {"warmup_steps": 1}
+    rows = [r for r in _metrics(ce_out) if r["phase"] == "train"]
+    assert rows and all(r["ce"] > 0 for r in rows)
+    log_text = (ce_out / "train.log").read_text()
+    assert "init from" in log_text and "0 skipped" in log_text
 
 
 def test_two_processes_gloo_equal_one_process(single_run, tiny_recipe, tmp_path):

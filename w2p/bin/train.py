@@ -4,6 +4,9 @@
         --valid_dir dump/fbank/dev --output_dir exp/w2p [--llm SRC] [--init exp/Y/model.pt] [--resume] \\
         [--ngpu N | --nproc N] [--key.sub value ...]
 
+``--config`` may be repeated: ``--config conf/train_wav2prompt.yaml --config conf/train_wav2prompt_ce.yaml``
+lays the second over the first (stage 4's CE phase: the same architecture, other loss weights and schedule).
+
 Any config key can be overridden on the command line (``--optim_conf.lr 5e-4 --max_epoch 3``).
 With ``--nproc N`` (CPU, gloo) or ``--ngpu N`` > 1 (NCCL) it relaunches itself under torchrun.
 """
@@ -17,7 +20,9 @@ import sys
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="w2p.bin.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML config (keys: see w2p/train/config.py DEFAULTS)")
+    p.add_argument("--config", required=True, action="append",
+                   help="YAML config (keys: see w2p/train/config.py DEFAULTS); repeat it to lay a config over "
+                   "another (later files only state what they change)")
     p.add_argument("--train_dir", required=True, help="dump dir of the training set (dump/fbank/train)")
     p.add_argument("--valid_dir", required=True, help="dump dir of the validation set (dump/fbank/dev)")
     p.add_argument("--output_dir", required=True, help="exp dir (config.yaml, train.log, model.pt, ...)")

@@ -79,29 +79,46 @@ def apply_overrides(conf: dict, extra: list[str]) -> dict:
     return conf
 
 
-def _merge(base: dict, over: dict) -> dict:
+def _merge(base: dict, over: dict, deep_model_conf: bool = False) -> dict:
+    """``over`` laid over ``base``; mappings merge key by key. ``model_conf`` is replaced whole by the first
+    config (the defaults have none) and merged key by key into by later layers (``deep_model_conf``)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("model_conf",):
-            out[k] = _merge(out[k], v)
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and (deep_model_conf or k != "model_conf"):
+            out[k] = _merge(out[k], v, deep_model_conf)
         else:
             out[k] = copy.deepcopy(v)
     return out
 
 
-def load_config(path: str | None, overrides: list[str] | None = None) -> dict:
+def _read_layer(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config {path} not found")
+    with open(path, encoding="utf-8") as f:
+        user = yaml.safe_load(f) or {}
+    if not isinstance(user, dict):
+        raise ValueError(f"{path}: top level must be a mapping")
+    unknown = [k for k in user if k not in DEFAULTS]
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {unknown}; known: {sorted(DEFAULTS)}")
+    return user
+
+
+def load_config(path: str | list[str] | None, overrides: list[str] | None = None) -> dict:
+    """Defaults <- the YAML file(s) in order <- ``--key.sub value`` overrides.
+
+    Several files are layers: a later one only states what it changes (e.g. the Wav2Prompt CE phase laid over
+    the stage-4 config: the same architecture, other loss weights and schedule). Mappings, ``model_conf``
+    included, merge key by key; a scheduler/optimiser change in a layer brings its own ``*_conf`` whole."""
     conf = copy.deepcopy(DEFAULTS)
-    if path:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config {path} not found")
-        with open(path, encoding="utf-8") as f:
-            user = yaml.safe_load(f) or {}
-        if not isinstance(user, dict):
-            raise ValueError(f"{path}: top level must be a mapping")
-        unknown = [k for k in user if k not in DEFAULTS]
-        if unknown:
-            raise ValueError(f"{path}: unknown top-level key(s) {unknown}; known: {sorted(DEFAULTS)}")
-        conf = _merge(conf, user)
+    paths = [path] if isinstance(path, str) else list(path or [])
+    for i, pth in enumerate(paths):
+        user = _read_layer(pth)
+        if i > 0:
+            for name in ("scheduler", "optim"):
+                if name in user and user[name] != conf.get(name):
+                    conf[name + "_conf"] = {}  # another scheduler/optimiser: the earlier settings do not apply
+        conf = _merge(conf, user, deep_model_conf=i > 0)
     if overrides:
         conf = apply_overrides(conf, overrides)
     return conf

@@ -39,6 +39,7 @@ local_data_opts=""   # extra options for prepare_data (local corpora: paths from
 # LLM and systems (used by stages 3-10)
 llm=smollm2-135m     # frozen LLM: name or local path (w2p.llm.resolve_llm)
 train_config=conf/train_wav2prompt.yaml   # Wav2Prompt (stage 4)
+ce_config=""         # stage 4 CE phase, laid over train_config: + the frozen LLM's cross-entropy ("" = none)
 asr_config=conf/train_asr_ctc.yaml        # CTC ASR for the ASR->LLM cascade (stage 5)
 encllm_config=conf/train_encoder_llm.yaml # Encoder-LLM baseline (stage 5)
 nomse_config=conf/train_wav2prompt_nomse.yaml  # no-MSE ablation (stage 5)
@@ -68,6 +69,7 @@ Options (default):
   --local_data_opts "..."     extra prepare_data options (local corpus paths)
   --llm ${llm}                frozen LLM
   --train_config ${train_config}
+  --ce_config "${ce_config}"  layer over train_config for stage 4's CE phase ("" = no CE phase)
   --asr_config ${asr_config}
   --encllm_config ${encllm_config}
   --nomse_config ${nomse_config}
@@ -157,14 +159,26 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
   log "Stage 4: Wav2Prompt training (${train_config})"
   validate dump "run stages 2-3 first" ${fbankdir}/${train_set} ${fbankdir}/${valid_set}
   w2p_exp=${expdir}/wav2prompt
+  # With a CE phase, the embedding-regression model goes to wav2prompt_pre and the CE phase (the same architecture:
+  # ${ce_config} is laid over ${train_config}) continues from it into ${w2p_exp}, the system of later stages.
+  pre_exp=${w2p_exp}; [ -n "${ce_config}" ] && pre_exp=${expdir}/wav2prompt_pre
   # --resume: a killed run continues from its last checkpoint (a finished one only re-averages)
-  ${train_cmd} ${w2p_exp}/log/train.run.log ${python} -m w2p.bin.train --config ${train_config} --llm ${llm} \
-    --train_dir ${fbankdir}/${train_set} --valid_dir ${fbankdir}/${valid_set} --output_dir ${w2p_exp} \
+  ${train_cmd} ${pre_exp}/log/train.run.log ${python} -m w2p.bin.train --config ${train_config} --llm ${llm} \
+    --train_dir ${fbankdir}/${train_set} --valid_dir ${fbankdir}/${valid_set} --output_dir ${pre_exp} \
     --num_threads ${nproc} --ngpu ${ngpu} --resume
+  if [ -n "${ce_config}" ]; then
+    log "  CE phase (${train_config} + ${ce_config}) from ${pre_exp} -> ${w2p_exp}"
+    ${train_cmd} ${w2p_exp}/log/train.run.log ${python} -m w2p.bin.train --config ${train_config} \
+      --config ${ce_config} --llm ${llm} --init ${pre_exp}/model.pt \
+      --train_dir ${fbankdir}/${train_set} --valid_dir ${fbankdir}/${valid_set} --output_dir ${w2p_exp} \
+      --num_threads ${nproc} --ngpu ${ngpu} --resume
+  fi
   for s in ${test_sets}; do
-    log "  readout (what the LLM hears) of ${w2p_exp} on ${s} -> ${w2p_exp}/readout_${s}/scores.json"
-    ${python} -m w2p.bin.readout --model_dir ${w2p_exp} --data_dir ${fbankdir}/${s} --llm ${llm} \
-      --num_threads ${nproc} >/dev/null
+    for e in $(echo ${pre_exp} ${w2p_exp} | tr ' ' '\n' | uniq); do
+      log "  readout (what the LLM hears) of ${e} on ${s} -> ${e}/readout_${s}/scores.json"
+      ${python} -m w2p.bin.readout --model_dir ${e} --data_dir ${fbankdir}/${s} --llm ${llm} \
+        --num_threads ${nproc} >/dev/null
+    done
   done
 fi
 

@@ -11,7 +11,7 @@ set -o pipefail
   --llm smollm2-135m \
   --nbpe 100 --bpe_type char \
   --nproc 2 \
-  --train_config conf/train_wav2prompt.yaml \
+  --train_config conf/train_wav2prompt.yaml --ce_config conf/train_wav2prompt_ce.yaml \
   --asr_config conf/train_asr_ctc.yaml \
   --encllm_config conf/train_encoder_llm.yaml \
   --nomse_config conf/train_wav2prompt_nomse.yaml \
