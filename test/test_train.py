@@ -32,6 +32,24 @@ def test_bucket_batches_respect_budget_and_cover_all():
     assert s.global_batches(1) != s.global_batches(2) or len(s) < 3
 
 
+def test_rng_state_survives_a_weights_only_load(tmp_path):
+    """checkpoint.pt is loaded with weights_only=True, so the RNG states must be plain tuples and tensors; the
+    restored streams continue exactly."""
+    import random
+
+    import numpy as np
+
+    from w2p.train.trainer import rng_state, set_rng_state
+
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    np.random.randn()  # a cached gaussian in numpy's state
+    torch.save({"rng": [rng_state()]}, tmp_path / "ck.pt")
+    want = (random.random(), np.random.randn(3).tolist(), torch.rand(3).tolist())
+    st = torch.load(tmp_path / "ck.pt", weights_only=True)["rng"][0]
+    set_rng_state(st)
+    assert (random.random(), np.random.randn(3).tolist(), torch.rand(3).tolist()) == want
+
+
 def test_config_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("max_epoch: 3\noptim_conf:\n  lr: 0.002\nmodel_conf:\n  encoder:\n    output_size: 64\n")

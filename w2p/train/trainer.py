@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -38,7 +39,12 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG stream as tuples, numbers and tensors only, so that checkpoint.pt loads with
+    ``torch.load(weights_only=True)`` (numpy's key array is stored as an int64 tensor)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    st = {"python": random.getstate(),
+          "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+          "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -46,7 +52,8 @@ def rng_state() -> dict:
 
 def set_rng_state(st: dict) -> None:
     random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
+    kind, keys, pos, has_gauss, cached = st["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
@@ -266,7 +273,12 @@ class Trainer:
         self.dist.barrier()
 
     def _load_checkpoint(self):
-        ck = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)  # our own file: has RNG tuples
+        try:  # weights only: a checkpoint is data, never code (its RNG states are plain tuples and tensors)
+            ck = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise RuntimeError(f"{self.ckpt_path}: not loadable as weights only (written by an older w2p with numpy "
+                               f"RNG arrays, or not a w2p checkpoint): remove it to train from the start, or run "
+                               f"without --resume. ({str(e).splitlines()[0]})") from e
         self.model.load_state_dict(ck["model"])
         self.optim.load_state_dict(ck["optim"])
         self.sched.load_state_dict(ck["sched"])
