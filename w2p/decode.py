@@ -193,7 +193,7 @@ CALIBRATION_NOTES = {  # RESULTS.md wording per mode
 }
 
 
-def _calibration_mode(calibrate) -> str:
+def calibration_mode(calibrate) -> str:
     """True/False (old configs) -> "content_free"/"none"; a string must be one of CALIBRATIONS."""
     if calibrate is True:
         return "content_free"
@@ -240,7 +240,7 @@ def choose(llm, template: str, speech: list, candidates: list[str], *, calibrate
            chunk: int = 8, **fields) -> list[int]:
     """Index of the best candidate per utterance, after ``calibrate`` (see calibrate_scores)."""
     sc = choice_scores(llm, template, speech, candidates, chunk=chunk, **fields)
-    sc = calibrate_scores(llm, sc, _calibration_mode(calibrate), template, candidates, **fields)
+    sc = calibrate_scores(llm, sc, calibration_mode(calibrate), template, candidates, **fields)
     return sc.argmax(1).tolist()
 
 
@@ -254,7 +254,9 @@ def decode_task(llm, system: System, task_name: str, ts: TestSet, *, beam: int =
     mnt = max_new_tokens or task.max_new_tokens
     if task.mode == "choice" and not ts.intents:
         raise FileNotFoundError(f"{ts.dump_dir}/intents missing: the {task_name} task needs the label set")
-    mode = _calibration_mode(calibrate)
+    mode = calibration_mode(calibrate)  # a bad value fails before any decoding
+    if task.mode == "choice":  # the label set is the same for every utterance of the set
+        intents, cands = intents_prompt(ts.intents), [readable_intent(i) for i in ts.intents]
     hyps: dict[str, str] = {}
     choice_utts: list[str] = []
     choice_raw: list[torch.Tensor] = []
@@ -272,19 +274,16 @@ def decode_task(llm, system: System, task_name: str, ts: TestSet, *, beam: int =
                 raise FileNotFoundError(f"{ts.dump_dir}/question missing: the {task_name} task needs it")
             fields["question"] = [ts.fields["question"][u] for u in utts]
         if task.mode == "choice":
-            fields["intents"] = intents_prompt(ts.intents)
-            cands = [readable_intent(i) for i in ts.intents]
-            # calibrated once over the whole set (batch calibration needs every input's scores)
+            # scored here, calibrated once over the whole set below (batch calibration needs every input's scores)
             choice_utts.extend(utts)
-            choice_raw.append(choice_scores(llm, tpl, sp, cands, **fields))
+            choice_raw.append(choice_scores(llm, tpl, sp, cands, **fields, intents=intents))
             continue
-        else:
-            out = llm.generate(llm.build_inputs(tpl, sp, **fields), max_new_tokens=mnt, num_beams=beam,
-                               repetition_penalty=repetition_penalty, batch_size=batch_size)
+        out = llm.generate(llm.build_inputs(tpl, sp, **fields), max_new_tokens=mnt, num_beams=beam,
+                           repetition_penalty=repetition_penalty, batch_size=batch_size)
         for u, h in zip(utts, out):
             hyps[u] = " ".join(h.split())  # one line per utterance in a Kaldi-style file
     if choice_raw:
-        sc = calibrate_scores(llm, torch.cat(choice_raw, 0), mode, tpl, cands, **fields)
+        sc = calibrate_scores(llm, torch.cat(choice_raw, 0), mode, tpl, cands, intents=intents)
         for u, b in zip(choice_utts, sc.argmax(1).tolist()):
             hyps[u] = canonical_intent(ts.intents[b])
     dt = time.perf_counter() - t0

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     from w2p.bin.decode import load_config, out_dir_of
-    from w2p.decode import CALIBRATION_NOTES, _calibration_mode
+    from w2p.decode import CALIBRATION_NOTES, calibration_mode
     from w2p.score import results_markdown, score_decode_dir, write_text_atomic
 
     conf = load_config(args.config, extra)
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         os.makedirs(args.image_dir, exist_ok=True)
         figures += _plots(conf, args)
     cfg = {"LLM": conf["llm"], "decoding": f"beam {conf['beam']}, repetition penalty {conf['repetition_penalty']}, "
-           f"SLU = closed-set choice over the listed intents ({_calibration_mode(conf.get('calibrate', 'content_free'))} "
+           f"SLU = closed-set choice over the listed intents ({calibration_mode(conf.get('calibrate', 'content_free'))} "
            f"calibration); cascade ASR "
            f"{'greedy CTC' if int(conf['asr_beam']) <= 1 else 'CTC prefix beam ' + str(conf['asr_beam'])}",
            "test utterances per task": "all" if not conf.get("max_utts") else f"first {conf['max_utts']} (sorted ids)",
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         "statement (which contains the answer).",
         "SLU is decoded as a closed-set choice: each listed intent is scored by the LLM's log-probability as the "
         "answer, because the 135M LLM does not write intent names when asked to generate one; "
-        + CALIBRATION_NOTES[_calibration_mode(conf.get("calibrate", "content_free"))],
+        + CALIBRATION_NOTES[calibration_mode(conf.get("calibrate", "content_free"))],
         "Few-shot rows (stages 7-8) are fine-tuned on each task's `fewshot` split, one model per task; their SLU "
         "choice is scored without calibration (the fine-tuned prompt was trained on the labels). The λ_mse = 0 "
         "ablation is fine-tuned on the first task only (CPU budget); rows without a decode dir are left out.",
