@@ -79,13 +79,12 @@ def apply_overrides(conf: dict, extra: list[str]) -> dict:
     return conf
 
 
-def _merge(base: dict, over: dict, deep_model_conf: bool = False) -> dict:
-    """``over`` laid over ``base``; mappings merge key by key. ``model_conf`` is replaced whole by the first
-    config (the defaults have none) and merged key by key into by later layers (``deep_model_conf``)."""
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` laid over ``base``; mappings (``model_conf`` and its sub-dicts included) merge key by key."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and (deep_model_conf or k != "model_conf"):
-            out[k] = _merge(out[k], v, deep_model_conf)
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -118,7 +117,7 @@ def load_config(path: str | list[str] | None, overrides: list[str] | None = None
             for name in ("scheduler", "optim"):
                 if name in user and user[name] != conf.get(name):
                     conf[name + "_conf"] = {}  # another scheduler/optimiser: the earlier settings do not apply
-        conf = _merge(conf, user, deep_model_conf=i > 0)
+        conf = _merge(conf, user)
     if overrides:
         conf = apply_overrides(conf, overrides)
     return conf
