@@ -161,7 +161,8 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
   w2p_exp=${expdir}/wav2prompt
   # With a CE phase, the embedding-regression model goes to wav2prompt_pre and the CE phase (the same architecture:
   # ${ce_config} is laid over ${train_config}) continues from it into ${w2p_exp}, the system of later stages.
-  pre_exp=${w2p_exp}; [ -n "${ce_config}" ] && pre_exp=${expdir}/wav2prompt_pre
+  pre_exp=${w2p_exp}; readout_exps=${w2p_exp}
+  [ -n "${ce_config}" ] && { pre_exp=${expdir}/wav2prompt_pre; readout_exps="${pre_exp} ${w2p_exp}"; }
   # --resume: a killed run continues from its last checkpoint (a finished one only re-averages)
   ${train_cmd} ${pre_exp}/log/train.run.log ${python} -m w2p.bin.train --config ${train_config} --llm ${llm} \
     --train_dir ${fbankdir}/${train_set} --valid_dir ${fbankdir}/${valid_set} --output_dir ${pre_exp} \
@@ -174,7 +175,7 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
       --num_threads ${nproc} --ngpu ${ngpu} --resume
   fi
   for s in ${test_sets}; do
-    for e in $(echo ${pre_exp} ${w2p_exp} | tr ' ' '\n' | uniq); do
+    for e in ${readout_exps}; do
       log "  readout (what the LLM hears) of ${e} on ${s} -> ${e}/readout_${s}/scores.json"
       ${python} -m w2p.bin.readout --model_dir ${e} --data_dir ${fbankdir}/${s} --llm ${llm} \
         --num_threads ${nproc} >/dev/null
