@@ -50,6 +50,27 @@ def test_rng_state_survives_a_weights_only_load(tmp_path):
     assert (random.random(), np.random.randn(3).tolist(), torch.rand(3).tolist()) == want
 
 
+def test_old_checkpoint_with_numpy_rng_still_resumes(tmp_path):
+    """Checkpoints written before the weights-only format hold numpy's RNG array: they load (weights only, numpy's
+    data-only reconstructor allowed) and restore the stream; a file with code in it is refused."""
+    import numpy as np
+
+    from w2p.train.trainer import load_checkpoint_file, set_rng_state
+
+    np.random.seed(5)
+    old = {"rng": [{"python": __import__("random").getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state()}], "step": 7}
+    torch.save(old, tmp_path / "old.pt")
+    want = np.random.randn(3).tolist()
+    ck = load_checkpoint_file(str(tmp_path / "old.pt"))
+    assert ck["step"] == 7
+    set_rng_state(ck["rng"][0])
+    assert np.random.randn(3).tolist() == want
+    torch.save({"f": subprocess.run}, tmp_path / "evil.pt")
+    with pytest.raises(RuntimeError, match="evil.pt: not loadable as weights only"):
+        load_checkpoint_file(str(tmp_path / "evil.pt"))
+
+
 def test_config_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("max_epoch: 3\noptim_conf:\n  lr: 0.002\nmodel_conf:\n  encoder:\n    output_size: 64\n")
@@ -169,6 +190,16 @@ def test_ce_phase_layered_over_the_stage4_config(single_run, tiny_recipe, tmp_pa
     assert got["scheduler"] == "warmup_constant" and got["scheduler_conf"] == {"warmup_steps": 1}
     rows = [r for r in _metrics(ce_out) if r["phase"] == "train"]
     assert rows and all(r["ce"] > 0 for r in rows)
+    # resuming a run that stopped at max_steps takes no further step and leaves model.pt as it was
+    before = open(ce_out / "model.pt", "rb").read()
+    p = subprocess.run(_cmd(conf, tiny_recipe, ce_out, "--config", str(layer), "--resume", "--init",
+                            os.path.join(out, "model.pt")), env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert max(r["step"] for r in _metrics(ce_out) if r["phase"] == "train") == 2
+    assert "checkpoint: step 3" not in (ce_out / "train.log").read_text()
+    import io
+    a, b = (torch.load(io.BytesIO(x), weights_only=True) for x in (before, open(ce_out / "model.pt", "rb").read()))
+    assert all(torch.equal(a[k], b[k]) for k in a)
     log_text = (ce_out / "train.log").read_text()
     assert "init from" in log_text and "0 skipped" in log_text
 

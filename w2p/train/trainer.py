@@ -59,6 +59,24 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def load_checkpoint_file(path: str) -> dict:
+    """checkpoint.pt, loaded as weights only: a checkpoint is data, never code. Checkpoints of earlier w2p
+    versions hold numpy's RNG key array; numpy's array reconstructor (data only) is allowed for them."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    from numpy._core.multiarray import _reconstruct  # numpy >= 2 (the pinned version)
+
+    np_globals = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct]
+    try:
+        with torch.serialization.safe_globals(np_globals):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise RuntimeError(f"{path}: not loadable as weights only (not a w2p checkpoint?): remove it to train from "
+                           f"the start, or run without --resume. ({str(e).splitlines()[0]})") from e
+
+
 def lr_lambda(name: str, conf: dict, total_steps: int | None = None):
     """LR factor per optimiser step. ``warmup_cosine`` decays to ``final_ratio`` at ``total_steps`` (the config's
     max_steps, else max_epoch x batches per epoch): on a fixed budget, ending at a low LR gains much more than
@@ -273,12 +291,7 @@ class Trainer:
         self.dist.barrier()
 
     def _load_checkpoint(self):
-        try:  # weights only: a checkpoint is data, never code (its RNG states are plain tuples and tensors)
-            ck = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise RuntimeError(f"{self.ckpt_path}: not loadable as weights only (written by an older w2p with numpy "
-                               f"RNG arrays, or not a w2p checkpoint): remove it to train from the start, or run "
-                               f"without --resume. ({str(e).splitlines()[0]})") from e
+        ck = load_checkpoint_file(self.ckpt_path)
         self.model.load_state_dict(ck["model"])
         self.optim.load_state_dict(ck["optim"])
         self.sched.load_state_dict(ck["sched"])
@@ -381,6 +394,9 @@ class Trainer:
                             leave=False, dynamic_ncols=True)
             bi = self.sampler.position
             while bi < len(batches):
+                if max_steps and self.step >= int(max_steps):  # a finished run, resumed: no extra step
+                    stop = True
+                    break
                 group = batches[bi:bi + accum]
                 self.optim.zero_grad(set_to_none=True)
                 step_stats: dict[str, float] = {}
