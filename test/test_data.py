@@ -30,7 +30,7 @@ def test_generator_is_deterministic_and_seeded():
 
 
 def test_default_corpus_sizes_vocabulary_and_disjointness(corpus):
-    assert 3800 <= len(corpus["train"]) <= 4400 and len(corpus["dev"]) == 300 and len(corpus["test"]) == 300
+    assert 7600 <= len(corpus["train"]) <= 8200 and len(corpus["dev"]) == 300 and len(corpus["test"]) == 300
     for t in mini_en.TASKS:
         assert 200 <= len(corpus[f"{t}_test"]) and 100 <= len(corpus[f"{t}_fewshot"]) <= 500
     assert len(mini_en.vocabulary(corpus)) >= 800

@@ -117,3 +117,52 @@ def test_ctc_warmup_trains_only_ctc_then_everything(llm, tiny_recipe):
     with torch.no_grad():  # validation (eval mode) always scores the full loss, even during the warm-up
         loss, stats = grads_at(0, train=False)
     assert loss.item() == pytest.approx(stats["mse"] + stats["qua"] + 0.5 * stats["ctc"], rel=1e-5)
+
+
+def test_token_discrimination_matches_a_per_token_oracle_and_trains(llm, tiny_recipe):
+    with pytest.raises(ValueError, match="tok_temperature"):
+        _model(llm, tok_weight=0.5, tok_temperature=0.0)
+    model = _model(llm, tok_weight=0.5, tok_temperature=0.2, mse_weight=0.0, qua_weight=0.0)
+    model.eval()  # no CIF dropout: the same prompts for the oracle
+    batch = _batch(tiny_recipe, llm)
+    with torch.no_grad():
+        h, h_lens, alphas = model.encode(batch["feats"], batch["feat_lens"])
+        out = model._cif(h, alphas, h_lens, target_lengths=torch.tensor([len(t) for t in batch["llm_tokens"]]))
+        pred = model.proj(out.out).float()
+
+    def oracle(vocab):
+        """each target token in vocab against every vocab token; the per-utterance means averaged"""
+        cand = sorted(vocab)
+        E = llm.embedding_weight.detach().float()[cand]
+        per_utt = []
+        for i, ids in enumerate(batch["llm_tokens"]):
+            ces = [-torch.log_softmax(torch.nn.functional.cosine_similarity(pred[i, j][None], E, dim=-1) / 0.2,
+                                      0)[cand.index(t)] for j, t in enumerate(ids) if t in vocab]
+            per_utt.append(torch.stack(ces).mean())
+        return float(torch.stack(per_utt).mean())
+
+    batch_vocab = {t for ids in batch["llm_tokens"] for t in ids}
+    _, stats = model(batch)  # no training vocabulary set: the batch's own tokens are the candidates
+    assert stats["tok"] == pytest.approx(oracle(batch_vocab), rel=1e-4)
+    vocab = batch_vocab | {7, 123, 4567}  # training-vocabulary tokens that are not in this batch
+    model.set_train_vocab(vocab)
+    loss, stats = model(batch)
+    assert loss.item() == pytest.approx(0.5 * stats["tok"], rel=1e-5)
+    assert stats["tok"] == pytest.approx(oracle(vocab), rel=1e-4)
+    # a token outside the training vocabulary (validation) is left out of the mean, not scored against others
+    vocab.discard(batch["llm_tokens"][0][0])
+    model.set_train_vocab(vocab)
+    _, stats = model(batch)
+    assert stats["tok"] == pytest.approx(oracle(vocab), rel=1e-4)
+    # it trains: the term falls on one batch and its gradient reaches the projection
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(20):
+        loss, stats = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        assert model.proj.weight.grad.abs().sum() > 0
+        opt.step()
+        first = first if first is not None else stats["tok"]
+    assert stats["tok"] < 0.7 * first

@@ -109,7 +109,8 @@ def test_config_layers(tmp_path):
 
 def _write_conf(path, **extra):
     conf = {"model": "wav2prompt",
-            "model_conf": {"encoder": dict(TINY_ENCODER), "cif": {"dropout": 0.0}, "qua_weight": 0.5},
+            "model_conf": {"encoder": dict(TINY_ENCODER), "cif": {"dropout": 0.0}, "qua_weight": 0.5,
+                           "tok_weight": 0.2},
             "max_epoch": 3, "batch_frames": 400, "log_interval": 1, "save_interval_steps": 2,
             "nbest_average": 2, "scheduler_conf": {"warmup_steps": 4}, "optim_conf": {"lr": 2e-3}, **extra}
     with open(path, "w") as f:

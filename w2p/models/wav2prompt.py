@@ -3,6 +3,7 @@
 Training (ASR data only):
     L = mse_weight * MSE(prompt_i, E[y_i]) + qua_weight * |sum(alpha) - U| + ctc_weight * CTC(encoder, BPE)
         + ce_weight * CE_LLM(target | ce_template with the speech prompt)
+        + tok_weight * CE(cos(prompt_i, E[v]) / tok_temperature over the training vocabulary v, target y_i)
 where y_1..y_U is the transcript tokenised by the frozen LLM's tokenizer (no special tokens) and E its frozen
 input-embedding table. In training the CIF weights are scaled so that each utterance fires exactly U times (one
 vector per target token); at inference CIF fires naturally (threshold + tail rule).
@@ -11,6 +12,13 @@ CTC warm-up (``ctc_warmup_steps``): for the first N optimiser steps only the CTC
 jointly from scratch, the MSE and quantity terms pull the encoder towards a position-only solution (alpha flat,
 fires evenly spaced, CTC stuck near the unigram plateau); once CTC has taught the encoder where the tokens are,
 the CIF weights learn to follow them. Validation always uses the full loss, so best-epoch selection is unaffected.
+
+Token-discrimination term (``tok_weight``, an auxiliary of ours, not in the paper): MSE pulls each prompt vector
+towards its target embedding but does not push it away from the embeddings of similar-sounding words, which is
+what the LLM confuses ("spoons" read as "poems"). A softmax over the cosine to the embeddings of every token of the
+training transcripts (``set_train_vocab``, called by the trainer; ~1.3k tokens on mini_en, so it costs ~1 % of a
+step, where the full 49k vocabulary would double it) makes the nearest token the right one. Measured on mini_en dev
+(9 epochs): nearest-token accuracy 77.7 % -> 92.4 %, mean cosine 0.879 -> 0.907, exact CIF length 89.3 -> 91.7 %.
 
 MSE is measured in units of the embedding table's standard deviation (the projection predicts E[y]/std and the
 prompt is that times std), so the loss weights do not depend on the LLM's embedding scale. Every loss term is a
@@ -41,7 +49,8 @@ class Wav2Prompt(nn.Module):
     def __init__(self, llm, encoder: dict | None = None, cif: dict | None = None, proj_hidden: int = 0,
                  mse_weight: float = 1.0, qua_weight: float = 1.0, ctc_weight: float = 0.0, ce_weight: float = 0.0,
                  bpe_vocab: int | None = None, bpe_model: str | None = None, ce_template: str = DEFAULT_CE_TEMPLATE, ce_target: str = "text",
-                 ce_fields: list[str] | None = None, ctc_warmup_steps: int = 0):
+                 ce_fields: list[str] | None = None, ctc_warmup_steps: int = 0, tok_weight: float = 0.0,
+                 tok_temperature: float = 0.1):
         super().__init__()
         if llm is None:
             raise ValueError("Wav2Prompt needs the frozen LLM (its tokenizer and embedding table)")
@@ -83,15 +92,23 @@ class Wav2Prompt(nn.Module):
         if self.ctc_warmup_steps and self.ctc_head is None:
             raise ValueError("model_conf.ctc_warmup_steps > 0 needs ctc_weight > 0 (the warm-up trains CTC only)")
         self._train_step = 0
+        self.tok_weight, self.tok_temperature = float(tok_weight), float(tok_temperature)
+        if self.tok_weight > 0 and self.tok_temperature <= 0:
+            raise ValueError(f"model_conf.tok_temperature must be > 0, got {tok_temperature}")
+        self._train_vocab: torch.Tensor | None = None
+
+    def set_train_vocab(self, token_ids) -> None:
+        """The LLM token ids of the training transcripts: the candidates of the token-discrimination term."""
+        self._train_vocab = torch.tensor(sorted({int(t) for t in token_ids}), dtype=torch.long)
 
     def set_train_step(self, step: int) -> None:
         """Called by the trainer before each forward with the number of optimiser steps done."""
         self._train_step = int(step)
 
-    def _loss_weights(self) -> tuple[float, float, float]:
+    def _loss_weights(self) -> tuple[float, float, float, float]:
         if self.training and self._train_step < self.ctc_warmup_steps:
-            return 0.0, 0.0, 0.0
-        return self.mse_weight, self.qua_weight, self.ce_weight
+            return 0.0, 0.0, 0.0, 0.0
+        return self.mse_weight, self.qua_weight, self.ce_weight, self.tok_weight
 
     # -- pieces ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -148,13 +165,17 @@ class Wav2Prompt(nn.Module):
         mse = (se.sum(1) / U.float()).mean()
         alpha_sum = alphas.float().sum(1)
         qua = (alpha_sum - U.float()).abs().mean()
-        w_mse, w_qua, w_ce = self._loss_weights()
+        w_mse, w_qua, w_ce, w_tok = self._loss_weights()
         loss = w_mse * mse + w_qua * qua
         stats = {"mse": float(mse.detach()), "qua": float(qua.detach())}
         with torch.no_grad():
             cos = nn.functional.cosine_similarity(pred, tgt, dim=-1)
             stats["cos"] = float(((cos * umask).sum(1) / U.float()).mean())
             # readout accuracy in training is expensive (49k-way); only in eval
+        if self.tok_weight > 0:
+            tok = self._token_discrimination(pred, ids, umask, U)
+            loss = loss + w_tok * tok
+            stats["tok"] = float(tok.detach())
         if self.ctc_head is not None:
             if "bpe_tokens" not in batch:
                 raise KeyError("ctc_weight > 0 but the batch has no bpe_tokens (data/lang/bpe missing: stage 3)")
@@ -175,6 +196,22 @@ class Wav2Prompt(nn.Module):
             stats.update(self._eval_stats(h, h_lens, alphas, pred, ids, U))
         stats["loss"] = float(loss.detach())
         return loss, stats
+
+    def _token_discrimination(self, pred, ids, umask, U) -> torch.Tensor:
+        """Per-utterance mean of CE(cos(pred, E[cand]) / T, target), cand = the training vocabulary (the batch's
+        own tokens when none was set). A validation token outside it is left out of the mean, so that the term
+        does not depend on how the batches are split across processes."""
+        dev = pred.device
+        ids = ids[:, :pred.shape[1]]
+        cand = self._train_vocab.to(dev) if self._train_vocab is not None else torch.unique(ids[umask.bool()])
+        with torch.no_grad():
+            E = self.llm.embedding_weight.detach()[cand.to(self.llm.embedding_weight.device)].to(dev).float()
+            En = nn.functional.normalize(E, dim=-1)
+        logits = nn.functional.normalize(pred, dim=-1) @ En.T / self.tok_temperature  # (B, U_max, |cand|)
+        tgt = torch.searchsorted(cand, ids).clamp(max=len(cand) - 1)
+        umask = umask * (cand[tgt] == ids).float()
+        ce = nn.functional.cross_entropy(logits.transpose(1, 2), tgt, reduction="none") * umask
+        return (ce.sum(1) / umask.sum(1).clamp(min=1)).mean()
 
     @torch.no_grad()
     def _eval_stats(self, h, h_lens, alphas, pred, ids, U) -> dict:

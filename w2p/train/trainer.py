@@ -225,6 +225,9 @@ class Trainer:
         self.optim = build_optimizer(conf["optim"], self.params, conf["optim_conf"])
         self.train_set = DumpDataset(train_dir, llm=llm, preload=conf.get("preload", True))
         self.valid_set = DumpDataset(valid_dir, llm=llm, preload=conf.get("preload", True))
+        set_vocab = getattr(self.model, "set_train_vocab", None)
+        if set_vocab is not None and self.train_set.llm_tokens is not None:
+            set_vocab(t for ids in self.train_set.llm_tokens.values() for t in ids)
         self.sampler = BucketSampler(self.train_set.lengths(), int(conf["batch_frames"]),
                                      max_batch_size=conf.get("max_batch_size"), shuffle=True,
                                      seed=int(conf["seed"]), rank=self.dist.rank, world_size=self.dist.world)
