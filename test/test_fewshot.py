@@ -156,8 +156,9 @@ def test_init_from_stage4_wav2prompt(small):
 
     w2p = Wav2Prompt(llm, **TINY)
     ft = FewShotWav2Prompt(llm, **TINY, ctc_weight=0.3, bpe_vocab=50, ce_template="x {speech}",
-                           ctc_warmup_steps=400)
-    assert ft._loss_weights() == (ft.mse_weight, ft.qua_weight, 0.0)  # no stage-4 CTC warm-up carried over
+                           ctc_warmup_steps=400, tok_weight=0.2, tok_temperature=0.1)
+    # no stage-4 CTC warm-up and no token-discrimination term carried over
+    assert ft._loss_weights() == (ft.mse_weight, ft.qua_weight, 0.0, 0.0)
     ft.load_state_dict(w2p.state_dict())  # strict
     assert ft.ctc_head is None
     for k, v in w2p.state_dict().items():

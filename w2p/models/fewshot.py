@@ -218,6 +218,8 @@ class FewShotWav2Prompt(Wav2Prompt):
             w2p_conf.pop(k, None)
         w2p_conf["ctc_weight"] = 0.0
         w2p_conf.pop("ctc_warmup_steps", None)  # a stage-4 schedule; fine-tuning trains every term from step 0
+        w2p_conf["tok_weight"] = 0.0  # the stage-4 token-discrimination term: fine-tuning is task CE (+ MSE) only
+        w2p_conf.pop("tok_temperature", None)
         super().__init__(llm, mse_weight=mse_weight, qua_weight=qua_weight, ce_weight=0.0, **w2p_conf)
         self.task_ce_weight = float(ce_weight)
         if task is not None:
