@@ -18,6 +18,19 @@ def _batch(tiny_recipe, llm, n=4):
     return collate([ds[i] for i in range(n)])
 
 
+def _fit(model, batch, steps: int, key: str) -> tuple[float, float]:
+    """Adam steps on one batch; the stat ``key`` before the first and at the last step."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    seen = []
+    for _ in range(steps):
+        loss, stats = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen.append(stats[key])
+    return seen[0], seen[-1]
+
+
 def _fingerprint(llm):
     return [float(p.double().sum()) for p in llm.model.parameters()]
 
@@ -61,15 +74,8 @@ def test_training_fires_exactly_once_per_target_token(llm, tiny_recipe):
 def test_mse_learns_targets_on_one_batch(llm, tiny_recipe):
     model = _model(llm, qua_weight=0.5)
     batch = _batch(tiny_recipe, llm)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(30):
-        loss, stats = model(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        first = first if first is not None else stats["mse"]
-    assert stats["mse"] < 0.8 * first
+    first, last = _fit(model, batch, 30, "mse")
+    assert last < 0.8 * first
     model.eval()
     _, ev = model(batch)
     assert {"len_exact", "readout_acc"} <= set(ev)
@@ -156,13 +162,6 @@ def test_token_discrimination_matches_a_per_token_oracle_and_trains(llm, tiny_re
     assert stats["tok"] == pytest.approx(oracle(vocab), rel=1e-4)
     # it trains: the term falls on one batch and its gradient reaches the projection
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(20):
-        loss, stats = model(batch)
-        opt.zero_grad()
-        loss.backward()
-        assert model.proj.weight.grad.abs().sum() > 0
-        opt.step()
-        first = first if first is not None else stats["tok"]
-    assert stats["tok"] < 0.7 * first
+    first, last = _fit(model, batch, 20, "tok")
+    assert model.proj.weight.grad.abs().sum() > 0
+    assert last < 0.7 * first

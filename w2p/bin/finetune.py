@@ -34,8 +34,9 @@ log = logging.getLogger("w2p.finetune")
 
 FEWSHOT_MODELS = {"wav2prompt": "w2p_fewshot", "asr_ctc": "w2p.models.fewshot:CascadeLoRA"}
 # stage-4-only keys that do not describe the architecture of the fine-tuned model
+# training-loss settings of the initial system, not its architecture
 _DROP_KEYS = {"ce_template", "ce_target", "ce_fields", "ce_weight", "ctc_weight", "mse_weight", "qua_weight",
-              "ctc_warmup_steps", "tok_weight", "tok_temperature"}  # training-loss settings of the initial system, not its architecture
+              "ctc_warmup_steps", "tok_weight", "tok_temperature"}
 
 
 def _read_kv(path: str) -> dict[str, str]:
