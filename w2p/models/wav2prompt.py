@@ -96,10 +96,12 @@ class Wav2Prompt(nn.Module):
         if self.tok_weight > 0 and self.tok_temperature <= 0:
             raise ValueError(f"model_conf.tok_temperature must be > 0, got {tok_temperature}")
         self._train_vocab: torch.Tensor | None = None
+        self._train_vocab_emb: torch.Tensor | None = None
 
     def set_train_vocab(self, token_ids) -> None:
         """The LLM token ids of the training transcripts: the candidates of the token-discrimination term."""
         self._train_vocab = torch.tensor(sorted({int(t) for t in token_ids}), dtype=torch.long)
+        self._train_vocab_emb = None  # their unit-norm embeddings, computed once on first use (the LLM is frozen)
 
     def set_train_step(self, step: int) -> None:
         """Called by the trainer before each forward with the number of optimiser steps done."""
@@ -204,9 +206,13 @@ class Wav2Prompt(nn.Module):
         dev = pred.device
         ids = ids[:, :pred.shape[1]]
         cand = self._train_vocab.to(dev) if self._train_vocab is not None else torch.unique(ids[umask.bool()])
-        with torch.no_grad():
-            E = self.llm.embedding_weight.detach()[cand.to(self.llm.embedding_weight.device)].to(dev).float()
-            En = nn.functional.normalize(E, dim=-1)
+        En = self._train_vocab_emb if self._train_vocab is not None else None
+        if En is None or En.device != dev:
+            with torch.no_grad():
+                E = self.llm.embedding_weight.detach()[cand.to(self.llm.embedding_weight.device)].to(dev).float()
+                En = nn.functional.normalize(E, dim=-1)
+            if self._train_vocab is not None:
+                self._train_vocab_emb = En
         logits = nn.functional.normalize(pred, dim=-1) @ En.T / self.tok_temperature  # (B, U_max, |cand|)
         tgt = torch.searchsorted(cand, ids).clamp(max=len(cand) - 1)
         umask = umask * (cand[tgt] == ids).float()
