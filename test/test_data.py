@@ -12,7 +12,8 @@ from w2p.data import corpora
 from w2p.data import lexicon as L
 from w2p.data import mini_en
 from w2p.data.audio import AudioError, load_audio, resample, write_wav_atomic
-from w2p.data.datadir import DataDirError, read_kv, validate_data_dir, write_data_dir, write_kv
+from w2p.data.datadir import DataDirError, validate_data_dir, write_data_dir
+from w2p.io import read_kv, write_kv
 
 
 # ------------------------------------------------------------------ generator

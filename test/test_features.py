@@ -8,7 +8,8 @@ import pytest
 import soundfile as sf
 
 from w2p import features
-from w2p.data.datadir import read_kv, validate_data_dir, write_data_dir
+from w2p.data.datadir import validate_data_dir, write_data_dir
+from w2p.io import read_kv
 
 
 def _tone(n, sr=16000, f=300.0, seed=0):

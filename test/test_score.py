@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from w2p.score import (bleu, chrf, contains_gold, exact_match, intent_acc, results_markdown, score_decode_dir,
-                       wer, write_kv_atomic)
+from w2p.io import write_kv_atomic
+from w2p.score import bleu, chrf, contains_gold, exact_match, intent_acc, results_markdown, score_decode_dir, wer
 
 
 def test_wer_uses_normalised_words():

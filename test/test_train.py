@@ -11,7 +11,8 @@ import torch
 import yaml
 from conftest import TINY_ENCODER
 
-from w2p.train.config import apply_overrides, load_config
+from w2p.config import apply_overrides
+from w2p.train.config import load_config
 from w2p.train.sampler import BucketSampler, bucket_batches
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,12 +19,42 @@ from dataclasses import dataclass, field
 
 import torch
 
-from w2p.score import read_kv, write_kv_atomic, write_text_atomic
+from w2p.io import read_kv, write_atomic, write_kv_atomic
 from w2p.tasks import CALIBRATION_INPUT, canonical_intent, get_task, intents_prompt, readable_intent
 
 log = logging.getLogger(__name__)
 
 FRAME_SHIFT = 0.01  # seconds per fbank frame
+
+# The decoding config (stages 6, 8, 9): every key, with its default. ``systems`` and ``tasks`` come from the recipe.
+DEFAULTS = {
+    "llm": "smollm2-135m",
+    "llm_dtype": "float32",
+    "device": "cpu",
+    "beam": 5,
+    "repetition_penalty": 1.5,
+    "batch_size": 16,
+    "max_utts": None,  # cap per test set (first N sorted utterance ids); None = all
+    "asr_beam": 1,  # CTC prefix-beam width for the cascade's ASR (1 = greedy)
+    "calibrate": "batch",  # SLU closed-set choice: batch | content_free | none (calibrate_scores)
+    "num_threads": None,
+    "max_new_tokens": {},  # per task; default: the task's own (w2p.tasks)
+    "templates": {},  # per task; default: the task's own template
+    "tasks": {},  # task -> test set name, e.g. {asr: test, st: st_test}
+    "systems": {},  # name -> {kind, exp (trained model dir), out (decode dir parent; default exp)}
+}
+
+
+def load_config(path: str | list[str] | None, overrides: list[str] | None = None) -> dict:
+    """The decoding config: DEFAULTS <- YAML layer(s) <- ``--key.sub value`` overrides (w2p.config rules)."""
+    from w2p.config import load_config as _load
+
+    return _load(path, overrides, defaults=DEFAULTS)
+
+
+def out_dir_of(spec: dict, name: str) -> str:
+    """Where a system's decode_<task>_<set> dirs go: ``out``, else its ``exp``, else exp/<name>."""
+    return spec.get("out") or spec.get("exp") or os.path.join("exp", name)
 
 
 # -- test sets ----------------------------------------------------------------------------------------------------
@@ -319,4 +349,4 @@ def write_decode_dir(out_dir: str, hyps: dict[str, str], refs: dict[str, str], t
         write_kv_atomic(os.path.join(out_dir, "asr_hyp"), {u: " ".join(t.split()) for u, t in transcripts.items()})
     write_kv_atomic(os.path.join(out_dir, "hyp"), hyps)
     write_kv_atomic(os.path.join(out_dir, "ref"), {u: " ".join(r.split()) for u, r in refs.items()})
-    write_text_atomic(os.path.join(out_dir, "timing.json"), json.dumps(timing, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(os.path.join(out_dir, "timing.json"), json.dumps(timing, indent=1, ensure_ascii=False) + "\n")

@@ -19,8 +19,8 @@ import shutil
 import numpy as np
 
 from w2p.data.audio import AudioError, load_audio
-from w2p.data.datadir import (COPY_TO_DUMP, PER_UTT_FILES, read_kv, spk2utt_from_utt2spk, validate_data_dir,
-                              write_atomic, write_kv)
+from w2p.data.datadir import COPY_TO_DUMP, PER_UTT_FILES, spk2utt_from_utt2spk, validate_data_dir
+from w2p.io import atomic_path, read_kv, write_kv
 
 log = logging.getLogger("w2p.features")
 
@@ -93,28 +93,28 @@ def extract_job(data_dir: str, out_dir: str, nj: int, job: int, *, resample_ok: 
     # invalidate what would become stale before touching the ark (see module docstring)
     _rm(os.path.join(out_dir, "feats.scp"))
     _rm(scp)
-    tmp_ark, tmp_scp = f"{ark}.tmp", f"{scp}.tmp"
     frames: dict[str, int] = {}
     skips: dict[str, str] = {}
-    with kaldiio.WriteHelper(f"ark,scp:{tmp_ark},{tmp_scp}") as w:
-        for u in utts:
-            try:
-                f = compute(u, wav[u], resample_ok=resample_ok)
-            except (AudioError, FeatureError) as e:
-                if on_error == "error":
-                    raise
-                log.warning("skipping utterance %s: %s", u, e)
-                skips[u] = str(e).replace("\n", " ")
-                continue
-            w(u, f)
-            frames[u] = f.shape[0]
-    with open(tmp_scp, encoding="utf-8") as fi:
-        lines = [ln.replace(tmp_ark, ark, 1) for ln in fi]
-    os.replace(tmp_ark, ark)
+    with atomic_path(scp) as tmp_scp, atomic_path(ark) as tmp_ark:
+        with kaldiio.WriteHelper(f"ark,scp:{tmp_ark},{tmp_scp}") as w:
+            for u in utts:
+                try:
+                    f = compute(u, wav[u], resample_ok=resample_ok)
+                except (AudioError, FeatureError) as e:
+                    if on_error == "error":
+                        raise
+                    log.warning("skipping utterance %s: %s", u, e)
+                    skips[u] = str(e).replace("\n", " ")
+                    continue
+                w(u, f)
+                frames[u] = f.shape[0]
+        # the scp names the ark by its final name; the ark (inner context) is renamed before the scp
+        with open(tmp_scp, encoding="utf-8") as fi:
+            lines = [ln.replace(tmp_ark, ark, 1) for ln in fi]
+        with open(tmp_scp, "w", encoding="utf-8") as fo:
+            fo.writelines(lines)
     write_kv(u2nf, frames)
     write_kv(skipped, skips)
-    write_atomic(scp, "".join(lines))
-    os.remove(tmp_scp)
     log.info("%s job %d/%d: %d utterances, %d skipped", data_dir, job, nj, len(frames), len(skips))
     return {"utts": len(frames), "skipped": len(skips)}
 
@@ -151,8 +151,8 @@ def merge(data_dir: str, out_dir: str, nj: int, *, max_skip_ratio: float = 0.05)
             _rm(dst)
             continue
         if name == "intents":
-            shutil.copyfile(src, dst + ".tmp")
-            os.replace(dst + ".tmp", dst)
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
         elif name == "spk2utt":
             continue
         else:
@@ -183,10 +183,8 @@ def compute_cmvn(feats_scp: str, out_path: str) -> dict:
         ss += (f * f).sum(0)
     if not count:
         raise FeatureError(f"{feats_scp}: no frames to compute CMVN stats from")
-    tmp = out_path + ".tmp"
-    with open(tmp, "wb") as fo:
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as fo:
         np.savez(fo, count=np.array(count), sum=s, sum_square=ss)
-    os.replace(tmp, out_path)
     return {"count": count, "mean_range": [float((s / count).min()), float((s / count).max())]}
 
 

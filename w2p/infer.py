@@ -80,7 +80,7 @@ def pack_model(exp_dir: str, out_dir: str, *, cmvn: str | None = None, llm_sourc
     if isinstance(conf["model_conf"].get("encoder"), dict):
         conf["model_conf"]["encoder"] = dict(conf["model_conf"]["encoder"], cmvn="cmvn.npz")
     conf["llm"] = source
-    from w2p.score import git_commit
+    from w2p.io import git_commit
 
     meta = {"packed_from": os.path.abspath(exp_dir), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "git_commit": git_commit(os.path.dirname(os.path.abspath(__file__)))}

@@ -13,11 +13,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import subprocess
 
-# Kaldi-style key/value files and atomic writes: one implementation, in the data layer (re-exported here).
-from w2p.data.datadir import read_kv, write_kv_atomic  # noqa: F401
-from w2p.data.datadir import write_atomic as write_text_atomic
+from w2p.io import git_commit, read_kv, write_atomic
 from w2p.tasks import canonical_intent, get_task, normalize_answer, normalize_transcript
 
 
@@ -115,24 +112,11 @@ def score_decode_dir(decode_dir: str, task: str) -> dict:
             tm = json.load(f)
         if tm.get("audio_sec"):
             scores["rtf"] = round(tm["decode_sec"] / tm["audio_sec"], 4)
-    write_text_atomic(os.path.join(decode_dir, "scores.json"), json.dumps(scores, indent=1) + "\n")
+    write_atomic(os.path.join(decode_dir, "scores.json"), json.dumps(scores, indent=1) + "\n")
     return scores
 
 
 # -- results table ----------------------------------------------------------------------------------------------
-def git_commit(path: str | None = None) -> str:
-    """Short commit of the w2p checkout (not of the cwd: a recipe may run outside the repo); -dirty if modified."""
-    path = path or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        out = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-        dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _fmt(v) -> str:
     if v is None:
         return "–"

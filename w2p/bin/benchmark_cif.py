@@ -220,10 +220,9 @@ def main(argv=None):
     if args.json:
         payload = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
                    "torch": torch.__version__, "malloc_cache": malloc_cache, "results": results}
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, args.json)
+        from w2p.io import write_json
+
+        write_json(args.json, payload, indent=2)
     return 0
 
 

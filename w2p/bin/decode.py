@@ -14,45 +14,6 @@ import sys
 import time
 
 import torch
-import yaml
-
-DEFAULTS = {
-    "llm": "smollm2-135m",
-    "llm_dtype": "float32",
-    "device": "cpu",
-    "beam": 5,
-    "repetition_penalty": 1.5,
-    "batch_size": 16,
-    "max_utts": None,  # cap per test set (first N sorted utterance ids); None = all
-    "asr_beam": 1,  # CTC prefix-beam width for the cascade's ASR (1 = greedy)
-    "calibrate": "batch",  # SLU closed-set choice: batch | content_free | none (w2p.decode.calibrate_scores)
-    "num_threads": None,
-    "tasks": {"asr": "test", "st": "st_test", "slu": "slu_test", "sqqa": "sqqa_test", "sqa": "sqa_test"},
-    "systems": {
-        "wav2prompt": {"kind": "wav2prompt", "exp": "exp/w2p"},
-        "cascade": {"kind": "cascade", "exp": "exp/asr_ctc", "out": "exp/cascade"},
-        "encoder_llm": {"kind": "encoder_llm", "exp": "exp/encoder_llm"},
-        "w2p_nomse": {"kind": "wav2prompt", "exp": "exp/w2p_nomse"},
-        "gold": {"kind": "gold", "out": "exp/gold_text"},
-    },
-}
-
-
-def load_config(path: str | None, overrides: list[str]) -> dict:
-    from w2p.train.config import apply_overrides
-
-    conf = dict(DEFAULTS)
-    if path:
-        if not os.path.isfile(path):
-            raise SystemExit(f"decode config {path} not found")
-        with open(path) as f:
-            conf.update(yaml.safe_load(f) or {})
-    return apply_overrides(conf, overrides)
-
-
-def out_dir_of(spec: dict, name: str) -> str:
-    return spec.get("out") or spec.get("exp") or os.path.join("exp", name)
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,13 +26,15 @@ def main(argv=None) -> int:
                    help="skip (with a warning) systems whose trained model is missing instead of failing")
     args, extra = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from w2p.decode import load_config
+
     conf = load_config(args.config, extra)
     if args.llm:
         conf["llm"] = args.llm
     if conf.get("num_threads"):
         torch.set_num_threads(int(conf["num_threads"]))
 
-    from w2p.decode import System, decode_task, load_set, load_trained, references, write_decode_dir
+    from w2p.decode import System, decode_task, load_set, load_trained, out_dir_of, references, write_decode_dir
     from w2p.llm import FrozenLLM
     from w2p.tasks import get_task
 

@@ -27,6 +27,7 @@ import sys
 
 import yaml
 
+from w2p.io import write_atomic
 from w2p.models.fewshot import INTENT_SET_FIELD, TASK_FIELD
 from w2p.tasks import TASKS, intents_prompt
 
@@ -46,12 +47,7 @@ def _read_kv(path: str) -> dict[str, str]:
 
 
 def _write_kv(path: str, items: dict[str, str]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for k in sorted(items):
-            v = items[k]
-            f.write(f"{k} {v}\n" if v != "" else f"{k}\n")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(f"{k} {items[k]}\n" if items[k] != "" else f"{k}\n" for k in sorted(items)))
 
 
 def task_of(set_dir: str) -> str:
@@ -210,7 +206,7 @@ def main(argv=None) -> int:
         log.info("fine-tuning data %s: %d train / %d valid utterances, tasks %s", data, counts["train"],
                  counts["valid"], ",".join(tasks))
     cfg_path = os.path.join(args.output_dir, "finetune_config.yaml")
-    from w2p.train.config import save_config
+    from w2p.config import save_config
 
     if rank0:
         save_config(conf, cfg_path)

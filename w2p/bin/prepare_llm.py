@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 
@@ -41,7 +42,7 @@ def get_parser() -> argparse.ArgumentParser:
 def train_bpe(text_file: str, bpe_dir: str, nbpe: int, model_type: str) -> str:
     import sentencepiece as spm
 
-    from w2p.train.dataset import read_kv
+    from w2p.io import atomic_path, read_kv, write_atomic
 
     texts = list(read_kv(text_file).values())
     if not texts:
@@ -64,14 +65,12 @@ def train_bpe(text_file: str, bpe_dir: str, nbpe: int, model_type: str) -> str:
         log.warning("BPE: %s -> hard_vocab_limit=false", str(e).splitlines()[-1])
         spm.SentencePieceTrainer.train(**opts, hard_vocab_limit=False)
     for ext in ("model", "vocab"):
-        os.replace(f"{prefix}.{ext}", os.path.join(bpe_dir, f"bpe.{ext}"))
+        with atomic_path(os.path.join(bpe_dir, f"bpe.{ext}")) as tmp:
+            shutil.copyfile(f"{prefix}.{ext}", tmp)
     sp = spm.SentencePieceProcessor(model_file=os.path.join(bpe_dir, "bpe.model"))
-    tmp = os.path.join(tmpdir, "tokens.txt")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(f"{i} {sp.id_to_piece(i)}\n" for i in range(sp.get_piece_size()))
-    os.replace(tmp, os.path.join(bpe_dir, "tokens.txt"))
-    os.remove(corpus)
-    os.rmdir(tmpdir)
+    write_atomic(os.path.join(bpe_dir, "tokens.txt"),
+                 "".join(f"{i} {sp.id_to_piece(i)}\n" for i in range(sp.get_piece_size())))
+    shutil.rmtree(tmpdir, ignore_errors=True)
     log.info("BPE model %s/bpe.model: %d pieces (%s) from %d transcripts", bpe_dir, sp.get_piece_size(),
              model_type, len(texts))
     return os.path.join(bpe_dir, "bpe.model")
@@ -83,7 +82,7 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from w2p.llm import resolve_llm
-    from w2p.train.dataset import read_kv, write_kv_atomic
+    from w2p.io import read_kv, write_kv_atomic
 
     path = resolve_llm(args.llm, args.cache_root)
     log.info("LLM %s cached at %s", args.llm, path)

@@ -37,9 +37,9 @@ def main(argv=None) -> int:
     args, extra = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    from w2p.bin.decode import load_config, out_dir_of
-    from w2p.decode import CALIBRATION_NOTES, calibration_mode
-    from w2p.score import results_markdown, score_decode_dir, write_text_atomic
+    from w2p.decode import CALIBRATION_NOTES, calibration_mode, load_config, out_dir_of
+    from w2p.io import write_atomic
+    from w2p.score import results_markdown, score_decode_dir
 
     conf = load_config(args.config, extra)
     results: dict[str, dict] = {}
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         "has no speech model.",
     ]
     md = results_markdown(results, system_labels=LABELS, config=cfg, figures=figures, notes=notes)
-    write_text_atomic(args.out, md)
+    write_atomic(args.out, md)
     print(md)
     return 0
 

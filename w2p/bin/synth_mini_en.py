@@ -19,7 +19,7 @@ import soundfile as sf
 
 from w2p.data import mini_en
 from w2p.data.audio import write_wav_atomic
-from w2p.data.datadir import write_atomic
+from w2p.io import write_atomic
 from w2p.data.synth import check_espeak, draw_speakers, synthesize
 
 log = logging.getLogger("synth_mini_en")

@@ -9,6 +9,8 @@ from functools import lru_cache
 import numpy as np
 import soundfile as sf
 
+from w2p.io import atomic_path
+
 
 class AudioError(Exception):
     """A bad audio file; the message names the utterance, the file and the fix."""
@@ -115,8 +117,6 @@ def load_audio(path: str, *, target_sr: int = 16000, resample_ok: bool = True, u
 
 def write_wav_atomic(path: str, x: np.ndarray, sr: int = 16000) -> None:
     """16-bit PCM mono wav written to a temp file then renamed, so readers never see half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.wav"
     pcm = np.clip(np.round(np.asarray(x, dtype=np.float64) * 32767.0), -32768, 32767).astype(np.int16)
-    sf.write(tmp, pcm, sr, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".wav") as tmp:
+        sf.write(tmp, pcm, sr, subtype="PCM_16", format="WAV")

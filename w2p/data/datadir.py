@@ -1,4 +1,4 @@
-"""Kaldi-style data directories: reading/writing ``key value`` files atomically, and validation.
+"""Kaldi-style data directories: layout, writing a data dir, and validation (key/value I/O: ``w2p.io``).
 
 A data dir (``data/<set>``) holds per-utterance files (wav.scp, text, utt2spk, ref, question, slots)
 plus spk2utt and, for SLU, ``intents`` (the label set, one per line). A dump dir
@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+
+from w2p.io import read_kv, read_kv_lines, write_atomic, write_kv
 
 # Files with one ``utt value`` line per utterance that must all cover the same utterances.
 PER_UTT_FILES = ("wav.scp", "text", "utt2spk", "ref", "question", "slots", "utt2dur", "feats.scp",
@@ -21,59 +23,6 @@ COPY_TO_DUMP = ("text", "utt2spk", "spk2utt", "ref", "question", "slots", "inten
 
 class DataDirError(Exception):
     """Invalid data directory; the message lists every problem found and how to fix it."""
-
-
-def write_atomic(path: str, content: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(content)
-    os.replace(tmp, path)
-
-
-def write_kv(path: str, mapping: dict) -> None:
-    """Write ``key value`` lines sorted by key (byte order, as Kaldi's C-locale sort)."""
-    lines = []
-    for k in sorted(mapping):
-        v = mapping[k]
-        if isinstance(v, (dict, list)):
-            v = json.dumps(v, ensure_ascii=False, sort_keys=True)
-        lines.append(f"{k} {v}\n")
-    write_atomic(path, "".join(lines))
-
-
-def read_kv_lines(path: str) -> list[tuple[str, str]]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if not line.strip():
-                out.append(("", ""))
-                continue
-            parts = line.split(maxsplit=1)
-            out.append((parts[0], parts[1].strip() if len(parts) > 1 else ""))
-    return out
-
-
-def read_kv(path: str) -> "OrderedDict[str, str]":
-    """Kaldi-style ``key value...`` file -> dict (value = rest of the line, stripped; may be empty).
-
-    Blank lines are skipped; a repeated key is an error naming the file and line (the validator reports such
-    files in full, with the fix)."""
-    out: "OrderedDict[str, str]" = OrderedDict()
-    for n, (key, value) in enumerate(read_kv_lines(path), 1):
-        if not key:
-            continue
-        if key in out:
-            raise ValueError(f"{path}:{n}: duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def write_kv_atomic(path: str, items) -> None:
-    """Write ``key value`` lines in the given order (a dict or (key, value) pairs), atomically."""
-    pairs = items.items() if isinstance(items, dict) else items
-    write_atomic(path, "".join(f"{k} {v}\n" for k, v in pairs))
 
 
 def spk2utt_from_utt2spk(utt2spk: dict) -> dict:

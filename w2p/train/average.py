@@ -1,16 +1,15 @@
 """Average model snapshots (ESPnet-style n-best averaging) and atomic torch saves."""
 from __future__ import annotations
 
-import os
-
 import torch
+
+from w2p.io import atomic_path
 
 
 def atomic_save(obj, path: str) -> None:
     """torch.save to a temp file in the same dir, then rename: a reader never sees a half-written file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def average_state_dicts(paths: list[str]) -> dict:

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import torch
 
-from w2p.data.datadir import read_kv, write_kv_atomic  # noqa: F401  (re-exported for the stage-3 tools)
+from w2p.io import read_kv
 
 log = logging.getLogger(__name__)
 

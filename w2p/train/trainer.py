@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from w2p.io import write_json
 from w2p.train.average import atomic_save, average_state_dicts
-from w2p.train.config import save_config
+from w2p.config import save_config
 from w2p.train.dataset import DumpDataset, collate
 from w2p.train.sampler import BucketSampler
 
@@ -500,10 +501,7 @@ class Trainer:
             else:  # stopped before the first epoch ended (max_steps): the current weights
                 atomic_save(self.model.state_dict(), out)
                 log.info("model.pt = current weights (no finished epoch)")
-            with open(os.path.join(self.output_dir, "history.json.tmp"), "w") as f:
-                json.dump(self.history, f, indent=1)
-            os.replace(os.path.join(self.output_dir, "history.json.tmp"),
-                       os.path.join(self.output_dir, "history.json"))
+            write_json(os.path.join(self.output_dir, "history.json"), self.history, ensure_ascii=True)
             if self.tb is not None:
                 self.tb.close()
         self.dist.barrier()

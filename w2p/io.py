@@ -1,0 +1,164 @@
+"""The bottom layer of w2p: file I/O shared by every stage. Imports nothing of w2p.
+
+* ``atomic_path`` / ``atomic_dir``: the one way anything is written. The data goes to a temporary name in the
+  destination's own directory, is flushed to disk, and is renamed over the destination only when complete, so a
+  reader (or a resumed run) never sees a half-written file, and a failed write leaves the old file untouched.
+* Kaldi-style ``key value`` files: ``read_kv``, ``write_kv`` (sorted by key) and ``write_kv_atomic`` (in order).
+* ``git_commit``: the commit of the w2p checkout, written into RESULTS.md and packed models.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import OrderedDict
+
+TMP_MARK = ".w2ptmp"  # every temporary name contains it (a later run may remove such leftovers)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, *, suffix: str = ""):
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``, on error removed.
+
+    ``suffix`` keeps an extension some writers need (matplotlib picks the format from it)."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_MARK + suffix, dir=parent)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_atomic(path: str, content: str | bytes) -> None:
+    """Write text (UTF-8) or bytes to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        if isinstance(content, bytes):
+            with open(tmp, "wb") as f:
+                f.write(content)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(content)
+
+
+def write_json(path: str, obj, **kwargs) -> None:
+    kwargs.setdefault("indent", 1)
+    kwargs.setdefault("ensure_ascii", False)
+    write_atomic(path, json.dumps(obj, **kwargs) + "\n")
+
+
+def write_yaml(path: str, obj) -> None:
+    import yaml
+
+    write_atomic(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str, *, replace: bool = False):
+    """Yield a temporary directory beside ``dest``; on success it becomes ``dest``.
+
+    ``replace=False``: when ``dest`` appeared meanwhile (another process finished the same work), theirs is kept.
+    ``replace=True``: an existing ``dest`` is swapped out and removed only after the new one is in place."""
+    dest = os.path.abspath(os.fspath(dest))
+    parent = os.path.dirname(dest)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.", suffix=TMP_MARK, dir=parent)
+    old = None
+    try:
+        yield tmp
+        if replace and os.path.exists(dest):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old.", suffix=TMP_MARK, dir=parent)
+            os.rename(dest, os.path.join(old, "x"))
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if replace or not os.path.isdir(dest):
+                raise
+        _fsync_dir(parent)
+    finally:
+        for d in (tmp, old):
+            if d and os.path.isdir(d):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+# -- Kaldi-style key/value files ------------------------------------------------------------------------------
+def read_kv_lines(path: str) -> list[tuple[str, str]]:
+    """``(key, value)`` per line, ``("", "")`` for a blank line (the validator reports positions)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line.strip():
+                out.append(("", ""))
+                continue
+            parts = line.split(maxsplit=1)
+            out.append((parts[0], parts[1].strip() if len(parts) > 1 else ""))
+    return out
+
+
+def read_kv(path: str) -> "OrderedDict[str, str]":
+    """Kaldi-style ``key value...`` file -> dict (value = rest of the line, stripped; may be empty).
+
+    Blank lines are skipped; a repeated key is an error naming the file and line."""
+    out: "OrderedDict[str, str]" = OrderedDict()
+    for n, (key, value) in enumerate(read_kv_lines(path), 1):
+        if not key:
+            continue
+        if key in out:
+            raise ValueError(f"{path}:{n}: duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def write_kv(path: str, mapping: dict) -> None:
+    """``key value`` lines sorted by key (byte order, as Kaldi's C-locale sort); dicts/lists as JSON."""
+    lines = []
+    for k in sorted(mapping):
+        v = mapping[k]
+        if isinstance(v, (dict, list)):
+            v = json.dumps(v, ensure_ascii=False, sort_keys=True)
+        lines.append(f"{k} {v}\n")
+    write_atomic(path, "".join(lines))
+
+
+def write_kv_atomic(path: str, items) -> None:
+    """``key value`` lines in the given order (a dict or (key, value) pairs)."""
+    pairs = items.items() if isinstance(items, dict) else items
+    write_atomic(path, "".join(f"{k} {v}\n" for k, v in pairs))
+
+
+# -- provenance -----------------------------------------------------------------------------------------------
+def git_commit(path: str | None = None) -> str:
+    """Short commit of the w2p checkout (not of the cwd: a recipe may run outside the repo); -dirty if modified."""
+    path = path or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
