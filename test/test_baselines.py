@@ -105,7 +105,7 @@ def test_encoder_llm_ce_only_grads_reach_encoder_not_llm(llm, tiny_recipe):
     model.eval()
     with torch.no_grad():
         h, h_lens = model.encoder(batch["feats"], batch["feat_lens"])
-        vecs = model.prompt_vectors(batch["feats"], batch["feat_lens"])
+        vecs = model.prompts(batch["feats"], batch["feat_lens"]).vectors
     assert [v.shape[0] for v in vecs] == [(int(n) + 1) // 2 for n in h_lens]
     assert all(v.shape[1] == llm.embed_dim for v in vecs)
 
@@ -129,7 +129,7 @@ def test_recipe_configs_build(name, llm):
     assert sum(p.numel() for p in model.parameters()) > 1e5
     if name == "train_wav2prompt_nomse":
         assert conf["model_conf"]["mse_weight"] == 0 and conf["model_conf"]["ce_weight"] > 0
-        assert conf["model_conf"]["ce_template"] == get_task("asr").template
+        assert model.ce_template == get_task("asr").template
     if name == "train_encoder_llm":
         assert model.template == get_task("asr").template
 

@@ -8,7 +8,7 @@ import torch
 import yaml
 from conftest import SENTENCES, TINY_ENCODER
 
-from w2p.decode import calibrate_scores, choice_logprobs, choose, load_set
+from w2p.decode import calibrate_scores, choose, load_set
 from w2p.models import build_model
 
 @pytest.fixture(autouse=True, scope="module")
@@ -25,7 +25,7 @@ def test_choice_logprobs_equal_full_forward(llm):
     tpl = "Which is it? {speech}"
     cands = ["set alarm", "play music now", "red"]
     inputs = llm.build_inputs(tpl, ["wake me up at seven", "play some jazz please"])
-    scores = choice_logprobs(llm, inputs, cands)
+    scores = llm.choice_logprobs(inputs, cands)
     assert scores.shape == (2, 3)
     for b in range(2):
         m = inputs.attention_mask[b].bool()
@@ -64,7 +64,7 @@ def test_batch_calibration_needs_many_inputs(llm):
     """One input estimates no prior (every label calibrates to 0): content-free calibration is used instead."""
     tpl = "Which is it? {speech}"
     cands = ["set alarm", "play music", "red"]
-    sc = choice_logprobs(llm, llm.build_inputs(tpl, ["wake me up at seven"]), cands)
+    sc = llm.choice_logprobs(llm.build_inputs(tpl, ["wake me up at seven"]), cands)
     got = calibrate_scores(llm, sc, "batch", tpl, cands)
     assert torch.allclose(got, calibrate_scores(llm, sc, "content_free", tpl, cands))
     with pytest.raises(ValueError, match="calibrate"):

@@ -8,8 +8,7 @@ import yaml
 
 from conftest import SENTENCES, TINY_ENCODER
 
-from w2p.models.fewshot import (CascadeLoRA, FewShotWav2Prompt, attach_lora, batch_prompt_parts, prompt_parts,
-                                task_ce, task_target)
+from w2p.models.fewshot import CascadeLoRA, FewShotWav2Prompt, batch_prompts, task_target
 from w2p.tasks import TASKS, intents_prompt
 
 TINY = {"encoder": dict(TINY_ENCODER), "cif": {"dropout": 0.0}}
@@ -80,48 +79,35 @@ def _batch(llm, tasks, refs, texts=None, **extra):
             "llm_tokens": llm.tokenize(texts), "ref": refs, "task": tasks, **extra}
 
 
-def test_prompt_parts_are_the_zero_shot_templates():
-    fields = {"question": "Who is it?", "intents": "play music, set alarm"}
-    for name, task in TASKS.items():
-        pre, post = prompt_parts(name, fields)
-        expected = task.template
-        for f in task.fields:
-            expected = expected.replace("{" + f + "}", fields[f])
-        assert pre + "{speech}" + post == expected
+def test_batch_prompts_are_the_zero_shot_templates():
+    batch = {"utt_ids": ["u0", "u1", "u2"], "question": ["", "", "Who is it?"],
+             "intent_set": ["", "play music, set alarm", ""]}
+    templates, fields = batch_prompts(batch, ["st", "slu", "sqa"])
+    assert templates == [TASKS["st"].template, TASKS["slu"].template, TASKS["sqa"].template]
+    assert fields == {"intents": ["", "play music, set alarm", ""], "question": ["", "", "Who is it?"]}
     assert task_target("slu", "set_alarm") == "set alarm" and task_target("st", "Bonjour") == "Bonjour"
-    with pytest.raises(ValueError, match="question"):
-        prompt_parts("sqa", {})
+    with pytest.raises(KeyError, match="question"):
+        batch_prompts({"utt_ids": ["u0"]}, ["sqa"])
 
 
-def test_task_ce_matches_frozen_llm_ce(small):
-    """Prefix-cached, grouped, right-padded CE == FrozenLLM.ce_loss on the decoder's prompt, utterance by utterance;
-    the prompt split is exactly the one build_inputs (decoding) splices."""
-    from w2p.models.fewshot import _split_prompt
-
+def test_mixed_task_ce_matches_the_reference(small):
+    """The grouped, prefix-cached CE of a batch mixing tasks (per-utterance templates and fields) == the plain
+    full-forward oracle on the decoder's prompts, with a cold and a warm prefix cache; gradients reach the speech."""
     llm = small
     torch.manual_seed(0)
     speech = [torch.randn(5, llm.embed_dim), "hello there", torch.randn(3, llm.embed_dim), torch.randn(7, llm.embed_dim)]
     tasks = ["st", "st", "sqa", "sqa"]
-    fields = [{}, {}, {"question": "Who is it?"}, {"question": "Where is the big red house now?"}]
-    parts = [prompt_parts(t, f) for t, f in zip(tasks, fields)]
-    pres, posts = [p[0] for p in parts], [p[1] for p in parts]
+    batch = {"utt_ids": ["a", "b", "c", "d"], "question": ["", "", "Who is it?", "Where is the big red house now?"]}
+    templates, fields = batch_prompts(batch, tasks)
     targets = ["Le chat", "Bonjour à tous les amis", "John", "in the garden"]
-    ref = torch.stack([llm.ce_loss(TASKS[t].template, [s], [y], **{k: [v] for k, v in f.items()})
-                       for t, s, y, f in zip(tasks, speech, targets, fields)]).mean()
-    cache = {}
-    for c in (None, cache, cache):  # no cache, cache fill, cache hit
-        assert torch.allclose(task_ce(llm, speech, pres, posts, targets, prefix_cache=c), ref, atol=1e-5)
-    assert len(cache) == 2
-    # gradients reach the speech vectors
+    ref = llm.ce_loss_reference(templates, speech, targets, **fields)
+    llm._prefix_cache.clear()
+    for _ in range(2):  # cache fill, cache hit
+        assert torch.allclose(llm.ce_loss(templates, speech, targets, **fields), ref, atol=1e-5)
+    assert len(llm._prefix_cache) == 2
     sp = [x.clone().requires_grad_() if torch.is_tensor(x) else x for x in speech]
-    task_ce(llm, sp, pres, posts, targets, prefix_cache=cache).backward()
+    llm.ce_loss(templates, sp, targets, **fields).backward()
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in sp if torch.is_tensor(x))
-    for t, s, f in zip(tasks, speech, fields):
-        if torch.is_tensor(s):
-            b, a = _split_prompt(llm, *prompt_parts(t, f))
-            want = torch.cat([llm.embed(torch.tensor(b)), s, llm.embed(torch.tensor(a))])
-            got = llm.build_inputs(TASKS[t].template, [s], **{k: [v] for k, v in f.items()}).inputs_embeds[0]
-            assert torch.equal(got, want)
 
 
 def test_fewshot_loss_terms_and_grads(small):
@@ -215,7 +201,7 @@ def test_lora_trains_adapters_and_leaves_base_weights_untouched(llm):
     assert not torch.allclose(tuned, before_out)  # the adapters do act
     assert torch.allclose(off, before_out, atol=1e-6)  # without them the LLM is exactly the original
     with pytest.raises(RuntimeError, match="already carries LoRA"):
-        attach_lora(small, None)
+        small.attach_lora(None)
 
 
 def _spm(tmp_path):
@@ -250,7 +236,8 @@ def test_finetune_end_to_end_then_decode(small, small_llm_dir, task_sets, tmp_pa
     llm = small
     """Stage-4-like exp -> w2p.bin.finetune (union of task sets, --init) -> model.pt decodable by w2p.decode."""
     from w2p.bin import finetune
-    from w2p.decode import System, decode_task, load_set, load_trained
+    from w2p.decode import System, decode_task, load_set
+    from w2p.models import load_trained
     from w2p.models.wav2prompt import Wav2Prompt
 
     init = tmp_path / "w2p"
@@ -297,8 +284,8 @@ def test_finetune_lora_saves_adapters_and_skips_cascade_without_lora(small_llm_d
     """--llm_lora true: the adapters are in model.pt and come back when the decoder rebuilds the system on a fresh
     LLM; the cascade's few-shot run is a no-op without LoRA (--only_with_lora)."""
     from w2p.bin import finetune
-    from w2p.decode import load_trained
     from w2p.llm import FrozenLLM
+    from w2p.models import load_trained
     from w2p.models.wav2prompt import Wav2Prompt
 
     small = FrozenLLM.load(small_llm_dir)

@@ -75,13 +75,12 @@ def test_python_api_tasks_and_custom_template(packed, wavs, llm):
     pipe = Wav2PromptPipeline.from_pretrained(out, llm=llm)
     from w2p.models.wav2prompt import Wav2Prompt
 
-    assert isinstance(Wav2Prompt.from_pretrained(out, llm=llm), Wav2PromptPipeline)
     _, paths = wavs
     # same prompt vectors as the unpacked model
     feats = pipe.features(paths[0])
     assert feats.shape[1] == 80 and feats.shape[0] > 50
     with torch.no_grad():
-        ref = model.eval().prompts(feats[None], torch.tensor([feats.shape[0]]))[0]
+        ref = model.eval().prompts(feats[None], torch.tensor([feats.shape[0]])).vectors[0]
     assert torch.allclose(pipe.prompts([paths[0]])[0], ref, atol=1e-5)
     res = pipe.generate(paths, task="st", max_new_tokens=3)
     assert len(res) == 2 and all(isinstance(r, str) for r in res)

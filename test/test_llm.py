@@ -94,6 +94,30 @@ def test_ce_loss_grads_reach_speech_only(llm):
     assert llm.ce_loss(TEMPLATE, noise, sents).item() > loss.item()
 
 
+def test_ce_loss_equals_its_full_forward_oracle(llm):
+    """The grouped, prefix-cached, right-padded CE == one forward of the left-padded decoding prompt; the prompt
+    split is exactly the one build_inputs (decoding) splices."""
+    torch.manual_seed(0)
+    sents = ["turn on the lights", "what time is it now", "stop"]
+    speech = [torch.randn(4, llm.embed_dim) * 0.02, "what time is it", torch.randn(9, llm.embed_dim) * 0.02]
+    ref = llm.ce_loss_reference(TEMPLATE, speech, sents)
+    assert torch.allclose(llm.ce_loss(TEMPLATE, speech, sents), ref, atol=1e-5)
+    # per-utterance mean: the same as the mean of single-utterance losses
+    singles = torch.stack([llm.ce_loss_reference(TEMPLATE, [s], [t]) for s, t in zip(speech, sents)]).mean()
+    assert torch.allclose(ref, singles, atol=1e-5)
+    inp = llm.build_inputs(TEMPLATE, speech[:1])
+    before, after = llm._template_parts(TEMPLATE)
+    want = torch.cat([llm.embed(before), speech[0], llm.embed(after)])
+    assert torch.equal(inp.inputs_embeds[0], want)
+
+
+def test_nearest_tokens_read_back_embeddings(llm):
+    ids = llm.tokenize(["the grey whale is near the kitchen"])[0]
+    assert llm.nearest_tokens(llm.embed(ids) * 3.0) == ids  # cosine: the scale does not matter
+    assert llm.decode(ids) == "the grey whale is near the kitchen"
+    assert llm.token_strings(ids)[1].startswith("▁") and llm.nearest_tokens(torch.zeros(0, llm.embed_dim)) == []
+
+
 def test_cached_beam_search_matches_hf_generate(llm):
     sents = ["Emma went to the forest with Sophie on Sunday", "The grey whale is near the kitchen"]
     inp = llm.build_inputs(TEMPLATE, sents)

@@ -64,7 +64,7 @@ def test_training_fires_exactly_once_per_target_token(llm, tiny_recipe):
     out = model._cif(h, alphas, h_lens, target_lengths=U)
     assert torch.equal(out.out_lengths.cpu(), U)
     # inference fires naturally: count follows sum(alpha), not U
-    prompts = model.prompts(batch["feats"], batch["feat_lens"])
+    prompts = model.prompts(batch["feats"], batch["feat_lens"]).vectors
     assert len(prompts) == 4 and all(p.shape[1] == llm.embed_dim for p in prompts)
     sums = alphas.detach().sum(1)
     for p, s in zip(prompts, sums):

@@ -132,28 +132,6 @@ def pad_feats(mats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -- systems ------------------------------------------------------------------------------------------------------
-def load_trained(exp_dir: str, llm, device="cpu"):
-    """Model from <exp_dir>/config.yaml + model.safetensors (packed) or model.pt (trainer output)."""
-    from w2p.models import load_trained as _load
-
-    st = os.path.join(exp_dir, "model.safetensors")
-    return _load(exp_dir, llm, checkpoint=st if os.path.isfile(st) else None, device=device)
-
-
-def speech_prompts(model, feats: torch.Tensor, feat_lens: torch.Tensor) -> list[torch.Tensor]:
-    """Prompt vectors of a speech model, whatever its inference method is called."""
-    for name in ("prompt_vectors", "prompts", "infer"):
-        fn = getattr(model, name, None)
-        if callable(fn):
-            out = fn(feats, feat_lens)
-            if isinstance(out, tuple):
-                out = out[0]
-            if torch.is_tensor(out):  # (B, U, D) + lengths are not expected here
-                raise TypeError(f"{type(model).__name__}.{name} returned a tensor, expected a list of (U, D)")
-            return list(out)
-    raise TypeError(f"{type(model).__name__} has no prompt_vectors(feats, feat_lens) method")
-
-
 class System:
     """One decoding system: turns a batch of utterances into the {speech} fill (vectors or text)."""
 
@@ -177,41 +155,10 @@ class System:
             # an empty transcript would leave {speech} empty; keep the prompt well-formed
             self.last_transcripts = out
             return [t if t.strip() else "…" for t in out]
-        return [p.detach() for p in speech_prompts(self.model, feats, lens)]
+        return [p.detach() for p in self.model.prompts(feats, lens).vectors]
 
 
 # -- closed-set scoring -------------------------------------------------------------------------------------------
-@torch.inference_mode()
-def choice_logprobs(llm, inputs, candidates: list[str]) -> torch.Tensor:
-    """log P(candidate + eos | prompt) for every prompt row x candidate: (B, K). The prompt runs once; its KV
-    cache is repeated over the candidates."""
-    model = llm.model
-    e, mask = inputs.inputs_embeds.to(llm.device), inputs.attention_mask.to(llm.device)
-    B, K = e.shape[0], len(candidates)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(inputs_embeds=e, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    first_lp = torch.log_softmax(out.logits[:, -1].float(), -1)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(K)
-    ids = [x + [llm.eos_id] for x in llm.tokenize(list(candidates))]
-    Lc = max(map(len, ids))
-    cid = torch.full((K, Lc), llm.pad_id, dtype=torch.long)
-    cm = torch.zeros(K, Lc, dtype=torch.long)
-    for k, x in enumerate(ids):
-        cid[k, : len(x)] = torch.tensor(x)
-        cm[k, : len(x)] = 1
-    cid, cm = cid.to(llm.device), cm.to(llm.device)
-    cidB, cmB = cid.repeat(B, 1), cm.repeat(B, 1)
-    am = torch.cat([mask.repeat_interleave(K, 0), cmB], 1)
-    cpos = mask.sum(1).repeat_interleave(K)[:, None] + torch.arange(Lc, device=llm.device)[None]
-    o2 = model(inputs_embeds=llm.embed(cidB), attention_mask=am, position_ids=cpos, past_key_values=cache,
-               use_cache=False)
-    lp = torch.log_softmax(o2.logits.float(), -1)  # position j predicts candidate token j+1
-    first = first_lp.repeat_interleave(K, 0).gather(1, cidB[:, :1])[:, 0]
-    rest = (lp[:, :-1].gather(2, cidB[:, 1:, None])[..., 0] * cmB[:, 1:]).sum(1)
-    return (first + rest).view(B, K)
-
-
 CALIBRATIONS = ("content_free", "batch", "none")
 BATCH_CALIBRATION_MIN = 8  # fewer inputs estimate no prior (1 input: every label calibrates to 0)
 CALIBRATION_NOTES = {  # RESULTS.md wording per mode
@@ -239,7 +186,7 @@ def choice_scores(llm, template: str, speech: list, candidates: list[str], *, ch
     scores = []
     for s in range(0, len(speech), chunk):
         sub = {k: (v[s:s + chunk] if isinstance(v, list) else v) for k, v in fields.items()}
-        scores.append(choice_logprobs(llm, llm.build_inputs(template, speech[s:s + chunk], **sub), candidates))
+        scores.append(llm.choice_logprobs(llm.build_inputs(template, speech[s:s + chunk], **sub), candidates))
     return torch.cat(scores, 0)
 
 
@@ -260,7 +207,7 @@ def calibrate_scores(llm, scores: torch.Tensor, mode: str, template: str, candid
         mode = "content_free"
     if mode == "content_free":
         sub = {k: (v[:1] if isinstance(v, list) else v) for k, v in fields.items()}
-        return scores - choice_logprobs(llm, llm.build_inputs(template, [CALIBRATION_INPUT], **sub), candidates)
+        return scores - llm.choice_logprobs(llm.build_inputs(template, [CALIBRATION_INPUT], **sub), candidates)
     lp = torch.log_softmax(scores.float(), 1)
     prior = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
     return lp - prior

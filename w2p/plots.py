@@ -8,48 +8,41 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from w2p.io import atomic_path
+from w2p.models.abs_model import SUBSAMPLING
 
-SUBSAMPLE = 4  # conv2d x4: one encoder frame per 4 fbank frames (40 ms)
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a display
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save_atomic(fig, path: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt = _pyplot()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def nearest_tokens(llm, vectors: torch.Tensor) -> list[str]:
-    """The LLM token whose input embedding is nearest (cosine) to each prompt vector."""
-    E = torch.nn.functional.normalize(llm.embedding_weight.detach().float(), dim=-1)
-    v = torch.nn.functional.normalize(vectors.detach().float().to(E.device), dim=-1)
-    ids = (v @ E.T).argmax(-1).tolist()
-    return [llm.tokenizer.convert_ids_to_tokens(i).replace("Ġ", "▁") for i in ids]
 
 
 @torch.no_grad()
 def cif_alignment(model, llm, feats: torch.Tensor) -> dict:
     """alphas, firing frames and nearest tokens of one utterance (feats: (T, 80))."""
-    from w2p.cif import cif
-
-    model.eval()
-    x, n = feats[None].float(), torch.tensor([feats.shape[0]])
-    h, h_lens, alphas = model.encode(x, n)
-    out = cif(h.float(), alphas.float(), h_lens, threshold=model.threshold, tail_threshold=model.tail_threshold)
-    vec = model.proj(out.out) * model.emb_scale
-    U = int(out.out_lengths[0])
-    fires = [int(f) for f in out.fire_frames[0, :U].tolist()]
-    return {"alphas": alphas[0, : int(h_lens[0])].cpu(), "fires": fires,
-            "tokens": nearest_tokens(llm, vec[0, :U]) if U else []}
+    sp = model.prompts(feats[None].float(), torch.tensor([feats.shape[0]]))
+    if sp.alphas is None:
+        raise TypeError(f"{type(model).__name__} has no CIF: nothing to align")
+    return {"alphas": sp.alphas[0, : int(sp.alpha_lengths[0])].cpu(), "fires": sp.fire_frames[0],
+            "tokens": llm.token_strings(llm.nearest_tokens(sp.vectors[0]))}
 
 
 def cif_alignment_plot(model, llm, utts: list[tuple[str, torch.Tensor, str]], path: str) -> str:
     """utts: (utt_id, feats (T,80), reference text). One spectrogram + alpha panel pair per utterance."""
+    plt = _pyplot()
     fig, axes = plt.subplots(2 * len(utts), 1, figsize=(11, 3.4 * len(utts)), squeeze=False,
                              gridspec_kw={"height_ratios": [1.2, 1] * len(utts)})
     for k, (utt, feats, ref) in enumerate(utts):
@@ -59,15 +52,15 @@ def cif_alignment_plot(model, llm, utts: list[tuple[str, torch.Tensor, str]], pa
         ax0.set_title(f"{utt}: {ref}", fontsize=9, loc="left")
         ax0.set_ylabel("fbank bin")
         ax0.set_xlabel("frame (10 ms)")
-        t = torch.arange(len(a["alphas"])) * SUBSAMPLE
+        t = torch.arange(len(a["alphas"])) * SUBSAMPLING
         ax1.plot(t.numpy(), a["alphas"].numpy(), color="tab:blue", lw=1, label="α (CIF weight)")
         ax1.set_xlim(ax0.get_xlim())
         ax1.set_ylim(0, 1.15)
         for f, tok in zip(a["fires"], a["tokens"]):
             if f < 0:
                 continue
-            ax1.axvline(f * SUBSAMPLE, color="tab:red", lw=0.8, alpha=0.7)
-            ax1.text(f * SUBSAMPLE, 1.02, tok, rotation=60, fontsize=7, ha="left", va="bottom")
+            ax1.axvline(f * SUBSAMPLING, color="tab:red", lw=0.8, alpha=0.7)
+            ax1.text(f * SUBSAMPLING, 1.02, tok, rotation=60, fontsize=7, ha="left", va="bottom")
         ax1.set_ylabel("α")
         ax1.set_xlabel(f"fbank frame; red = firing frame, label = nearest LLM token ({len(a['tokens'])} vectors)")
     fig.tight_layout()
@@ -101,6 +94,7 @@ def training_curves_plot(systems: dict[str, str], path: str, keys: tuple[str, ..
     # the loss terms of the different systems (Wav2Prompt: mse/qua/ctc/ce; baselines: loss_ctc / loss_ce)
     extra = [k for k in ("mse", "ce", "loss_ce", "ctc", "loss_ctc") if k in present and k not in keys]
     panels = list(keys) + extra[:3]
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for j, key in enumerate(panels):
         ax = axes[0, j]

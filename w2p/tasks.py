@@ -4,19 +4,20 @@ Every system (Wav2Prompt, Encoder-LLM, the ASR->LLM cascade, the gold-text topli
 task; only what fills ``{speech}`` differs (prompt vectors, or transcript text for the cascade / topline). The
 template is the user turn; the frozen LLM's chat template is applied around it (``FrozenLLM.build_inputs``).
 
-The templates were chosen by trying several wordings on gold text with SmolLM2-135M-Instruct (the default LLM) and
-keeping the one it follows best (see ``w2p/tasks.py`` history / the decoding engineer's note):
-  * ST: every wording tried gives poor French from a 135M model; the plain "Translate into French:" instruction
-    was no worse than longer or one-shot variants, and shortest prompts decode fastest.
-  * SLU: the 135M model never writes an intent name reliably when asked to generate one (it paraphrases the
+Training uses the same templates: the stage-4 CE phase asks for the transcript through the ASR template, and
+few-shot fine-tuning uses each task's own.
+
+The templates are the wordings the default LLM (SmolLM2-135M-Instruct) followed best on gold text:
+  * ST: the plain "Translate into French:" instruction; longer or one-shot variants were no better, and short
+    prompts decode fastest.
+  * SLU: a small LLM does not write an intent name reliably when asked to generate one (it paraphrases the
     command), so SLU is decoded as a closed-set choice: every listed intent is scored by the LLM's log-probability
-    as the answer (intent words + eos) and the best is taken. A 135M model strongly prefers some labels whatever
-    the input, so the scores are calibrated (w2p.decode.calibrate_scores). ``content_free`` ("calibrate before
-    use", Zhao et al. 2021) subtracts the log-probability of the same label given a content-free input ("N/A" in
-    place of ``{speech}``): on 12 hand-written gold commands 8/12 correct vs 1/12 uncalibrated; it is what a single
-    input (w2p.infer) uses. ``batch`` (Zhou et al. 2024, the test-set default) divides out each label's mean
-    probability over the system's own inputs: the "N/A" prior is a text prior and penalised speech prompts (40
-    mini_en test utts: Wav2Prompt 2.5% -> 17.5%, cascade 12.5% -> 32.5%, gold text 30% -> 40%).
+    as the answer (intent words + eos) and the best is taken. A small LLM prefers some labels whatever the input,
+    so the scores are calibrated (w2p.decode.calibrate_scores): ``content_free`` ("calibrate before use", Zhao et
+    al. 2021) subtracts the log-probability of the same label given a content-free input ("N/A" in place of
+    ``{speech}``), which a single input (w2p.infer) can use; ``batch`` (Zhou et al. 2024, the test-set default)
+    divides out each label's mean probability over the system's own inputs, because the "N/A" prior is a text
+    prior and penalises speech prompts (the measured effect: egs/mini_en/w2p1/README.md).
   * SQQA / SQA: short-answer instructions; the model answers in a sentence ("The capital of France is Paris."),
     which the "contains the gold answer" accuracy credits, while normalised exact match stays strict.
 
@@ -148,17 +149,3 @@ def readable_intent(name: str) -> str:
 def intents_prompt(intents: list[str]) -> str:
     """The ``{intents}`` value: the label set as readable comma-separated words."""
     return ", ".join(readable_intent(i) for i in intents)
-
-
-def match_intent(text: str, intents: list[str]) -> str | None:
-    """Canonical intent named in a generated answer (earliest mention wins; the longest name on ties), or None."""
-    hyp = " " + " ".join(re.split(r"[\s_\-.,;:!?\"']+", (text or "").lower())) + " "
-    best = None
-    for it in intents:
-        words = " " + readable_intent(it) + " "
-        pos = hyp.find(words)
-        if pos >= 0:
-            key = (pos, -len(words))
-            if best is None or key < best[0]:
-                best = (key, canonical_intent(it))
-    return None if best is None else best[1]

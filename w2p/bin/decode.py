@@ -34,8 +34,9 @@ def main(argv=None) -> int:
     if conf.get("num_threads"):
         torch.set_num_threads(int(conf["num_threads"]))
 
-    from w2p.decode import System, decode_task, load_set, load_trained, out_dir_of, references, write_decode_dir
+    from w2p.decode import System, decode_task, load_set, out_dir_of, references, write_decode_dir
     from w2p.llm import FrozenLLM
+    from w2p.models import load_trained
     from w2p.tasks import get_task
 
     systems = conf["systems"]
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
             if not os.path.isfile(os.path.join(exp, "config.yaml")) and args.skip_missing:
                 logging.warning("system %s: %s has no trained model, skipped", name, exp)
                 continue
-            model, _ = load_trained(exp, llm, conf["device"])
+            model, _ = load_trained(exp, llm, device=conf["device"])
         system = System(name, spec["kind"], model, asr_beam=int(conf["asr_beam"]))
         for t in tnames:
             ts = sets[t]

@@ -13,7 +13,7 @@ What it adds to the trainer:
      fine-tuning keys of --config are laid over it; ``max_epoch_per_task: {st: 4}`` in --config sets max_epoch
      by task (the largest over the sets trained together). The fine-tuned model is chosen by the initial system:
      wav2prompt -> ``w2p_fewshot`` (w2p.models.fewshot.FewShotWav2Prompt); asr_ctc -> the cascade baseline
-     ``w2p.models.fewshot:CascadeLoRA`` (needs --llm_lora true: frozen ASR, LoRA-tuned LLM);
+     ``cascade_lora`` (w2p.models.fewshot.CascadeLoRA; needs --llm_lora true: frozen ASR, LoRA-tuned LLM);
   3. ``--init <init_exp>/model.pt``, then the trainer as usual (resume, DDP, logs, n-best averaging).
 Output: <output_dir>/{config.yaml, model.pt, train.log, ...}, decodable by w2p.bin.decode as any system.
 """
@@ -33,10 +33,10 @@ from w2p.tasks import TASKS, intents_prompt
 
 log = logging.getLogger("w2p.finetune")
 
-FEWSHOT_MODELS = {"wav2prompt": "w2p_fewshot", "asr_ctc": "w2p.models.fewshot:CascadeLoRA"}
+FEWSHOT_MODELS = {"wav2prompt": "w2p_fewshot", "asr_ctc": "cascade_lora"}
 # stage-4-only keys that do not describe the architecture of the fine-tuned model
 # training-loss settings of the initial system, not its architecture
-_DROP_KEYS = {"ce_template", "ce_target", "ce_fields", "ce_weight", "ctc_weight", "mse_weight", "qua_weight",
+_DROP_KEYS = {"ce_task", "ce_template", "ce_target", "ce_fields", "ce_weight", "ctc_weight", "mse_weight", "qua_weight",
               "ctc_warmup_steps", "tok_weight", "tok_temperature"}
 
 

@@ -7,26 +7,22 @@ token by cosine similarity and printed next to the reference. Reported (scores.j
   readout_ter      token error rate of that nearest-token readout vs the LLM tokens of the transcript
   mean_cos         mean cosine similarity of prompt vectors to their target embeddings (CIF forced to U outputs)
   len_err          mean |U_pred - U| of natural firing;  len_exact: fraction with U_pred == U
-  repeat_wer       (--repeat) WER of the frozen LLM asked to repeat the speech prompt, vs the transcript
-                   (lower-cased, punctuation removed); gold_repeat_wer (--gold) is the same with the true text
+  repeat_wer       (--repeat) WER of the frozen LLM asked to repeat the speech prompt (the ASR task's template
+                   by default), vs the transcript, scored as stage 9 scores ASR (w2p.score.wer); gold_repeat_wer
+                   (--gold) is the same with the true text
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import re
 import sys
 import time
 
+from w2p.io import write_atomic, write_json
+from w2p.tasks import get_task
+
 log = logging.getLogger("w2p.readout")
-
-REPEAT_TEMPLATE = "Repeat the following text word for word, and write nothing else.\n\n{speech}"
-
-
-def normalize(s: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9' ]", " ", s.lower().replace("\u2019", "'")).split())
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -41,7 +37,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_utts", type=int, default=0, help="only the first N utterances (0 = all)")
     p.add_argument("--repeat", action="store_true", help="also run 'repeat after me' generation and WER")
     p.add_argument("--gold", action="store_true", help="with --repeat: also the WER with the true text prompt")
-    p.add_argument("--template", default=REPEAT_TEMPLATE, help="repeat template with a {speech} slot")
+    p.add_argument("--template", default=get_task("asr").template,
+                   help="repeat template with a {speech} slot (default: the ASR task's)")
     p.add_argument("--num_beams", type=int, default=5)
     p.add_argument("--repetition_penalty", type=float, default=1.0,
                    help="1.0 for repeating: a sentence may legitimately repeat words")
@@ -54,6 +51,8 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    import json
+
     import jiwer
     import torch
     import yaml
@@ -62,6 +61,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.num_threads)
     from w2p.llm import FrozenLLM
     from w2p.models import load_trained
+    from w2p.score import wer
     from w2p.train.dataset import DumpDataset, collate
     from w2p.train.sampler import BucketSampler
 
@@ -78,27 +78,24 @@ def main(argv=None) -> int:
         return 1
     index = list(range(len(ds)))[: args.max_utts or None]
     sampler = BucketSampler([ds.lengths()[i] for i in index], args.batch_frames, shuffle=False)
-    W = torch.nn.functional.normalize(llm.embedding_weight.detach().float(), dim=-1)
     rows, prompts = {}, {}
     t0 = time.time()
     with torch.no_grad():
         for idx, _ in sampler.epoch_batches(1):
             batch = collate([ds[index[i]] for i in idx])
-            vecs = model.prompts(batch["feats"], batch["feat_lens"])
-            # forced-length outputs for the cosine to targets
-            h, h_lens, alphas = model.encode(batch["feats"], batch["feat_lens"])
+            vecs = model.prompts(batch["feats"], batch["feat_lens"]).vectors
+            # forced-length outputs (one per target token) for the cosine to the targets
             U = torch.tensor([len(t) for t in batch["llm_tokens"]])
-            forced = model._cif(h, alphas, h_lens, target_lengths=U)
-            fpred = model.proj(forced.out) * model.emb_scale
+            forced = model.prompts(batch["feats"], batch["feat_lens"], target_lengths=U).vectors
             for b, u in enumerate(batch["utt_ids"]):
                 ref_ids = batch["llm_tokens"][b]
                 v = vecs[b].float()
-                hyp_ids = (torch.nn.functional.normalize(v, dim=-1) @ W.T).argmax(-1).tolist() if len(v) else []
-                tgt = llm.embed(torch.tensor(ref_ids)).float()
-                cos = torch.nn.functional.cosine_similarity(fpred[b, :len(ref_ids)], tgt, dim=-1).mean()
+                hyp_ids = llm.nearest_tokens(v)
+                tgt = llm.embed(ref_ids).float()
+                cos = torch.nn.functional.cosine_similarity(forced[b].float(), tgt, dim=-1).mean()
                 prompts[u] = v
                 rows[u] = {"ref": batch["text"][b], "ref_ids": ref_ids, "hyp_ids": hyp_ids, "cos": float(cos),
-                           "hear": llm.tokenizer.decode(hyp_ids)}
+                           "hear": llm.decode(hyp_ids)}
     utts = sorted(rows)
     ter = jiwer.wer([" ".join(map(str, rows[u]["ref_ids"])) for u in utts],
                     [" ".join(map(str, rows[u]["hyp_ids"])) or "<none>" for u in utts])
@@ -114,31 +111,26 @@ def main(argv=None) -> int:
                             repetition_penalty=args.repetition_penalty)
         for u, o in zip(utts, outs):
             rows[u]["repeat"] = o
-        refs = [normalize(rows[u]["ref"]) for u in utts]
-        scores["repeat_wer"] = jiwer.wer(refs, [normalize(o) or "<none>" for o in outs])
+        refs = [rows[u]["ref"] for u in utts]
+        scores["repeat_wer"] = wer(refs, outs) / 100.0
         scores["repeat_seconds"] = time.time() - t1
         if args.gold:
             gold = llm.generate(llm.build_inputs(args.template, [rows[u]["ref"] for u in utts]),
                                 max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                                 repetition_penalty=args.repetition_penalty)
-            scores["gold_repeat_wer"] = jiwer.wer(refs, [normalize(o) or "<none>" for o in gold])
+            scores["gold_repeat_wer"] = wer(refs, gold) / 100.0
         scores.update({"template": args.template, "num_beams": args.num_beams,
                        "repetition_penalty": args.repetition_penalty})
     out_dir = args.output_dir or os.path.join(args.model_dir, f"readout_{scores['set']}")
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, "readout.txt.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for u in utts:
-            r = rows[u]
-            f.write(f"{u}\n  REF   : {r['ref']}\n  HEARS : {r['hear']}\n")
-            if "repeat" in r:
-                f.write(f"  REPEAT: {r['repeat']}\n")
-            f.write(f"  U={len(r['ref_ids'])} U_pred={len(r['hyp_ids'])} cos={r['cos']:.3f}\n")
-    os.replace(tmp, os.path.join(out_dir, "readout.txt"))
-    tmp = os.path.join(out_dir, "scores.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(scores, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, "scores.json"))
+    lines = []
+    for u in utts:
+        r = rows[u]
+        lines.append(f"{u}\n  REF   : {r['ref']}\n  HEARS : {r['hear']}\n")
+        if "repeat" in r:
+            lines.append(f"  REPEAT: {r['repeat']}\n")
+        lines.append(f"  U={len(r['ref_ids'])} U_pred={len(r['hyp_ids'])} cos={r['cos']:.3f}\n")
+    write_atomic(os.path.join(out_dir, "readout.txt"), "".join(lines))
+    write_json(os.path.join(out_dir, "scores.json"), scores)
     print(json.dumps(scores, indent=1))
     return 0
 

@@ -102,8 +102,9 @@ def _plots(conf: dict, args) -> list[str]:
         out.append(path)
     spec = conf["systems"].get(args.plot_system)
     if spec and spec.get("kind") == "wav2prompt" and os.path.isfile(os.path.join(spec["exp"], "config.yaml")):
-        from w2p.decode import load_set, load_trained
+        from w2p.decode import load_set
         from w2p.llm import FrozenLLM
+        from w2p.models import load_trained
 
         llm = FrozenLLM.load(conf["llm"], dtype=getattr(torch, conf["llm_dtype"]))
         model, _ = load_trained(spec["exp"], llm)

@@ -1,21 +1,28 @@
-"""Model registry: ``build_model(name, conf, llm)``. Entries are "module:Class" strings imported lazily, so a
-system's dependencies are only imported when it is used. A name of the form "pkg.module:Class" is accepted too."""
+"""Model registry and loading: ``build_model(name, conf, llm)``, ``load_trained(exp_dir, llm)``.
+
+Only the registered models can be built: a config (a packed model's included) names one of them, never an
+importable path, so loading a model cannot run code from elsewhere. Entries are imported lazily, so a system's
+dependencies are only imported when it is used. Every model follows ``w2p.models.abs_model.AbsW2PModel``.
+"""
 from __future__ import annotations
 
 import importlib
+import os
 
 MODELS = {
     "wav2prompt": "w2p.models.wav2prompt:Wav2Prompt",
     "asr_ctc": "w2p.models.asr_ctc:CTCASR",
     "encoder_llm": "w2p.models.encoder_llm:EncoderLLM",
     "w2p_fewshot": "w2p.models.fewshot:FewShotWav2Prompt",
+    "cascade_lora": "w2p.models.fewshot:CascadeLoRA",
 }
 
 
 def model_class(name: str):
-    target = MODELS.get(name, name if ":" in name else None)
+    # a config written when registry targets could be named directly gives the target itself
+    target = MODELS.get(name) or (name if name in MODELS.values() else None)
     if target is None:
-        raise ValueError(f"unknown model '{name}'; known: {', '.join(sorted(MODELS))} (or give 'module:Class')")
+        raise ValueError(f"unknown model '{name}'; known: {', '.join(sorted(MODELS))}")
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -27,12 +34,11 @@ def build_model(name: str, conf: dict, llm=None):
 
 
 def load_trained(exp_dir: str, llm=None, *, checkpoint: str | None = None, device="cpu"):
-    """Rebuild a trained system from ``exp_dir/config.yaml`` and load ``model.pt`` (weights_only) into it.
+    """Rebuild a trained system from ``exp_dir/config.yaml`` and load its weights into it: ``checkpoint``, else
+    ``model.safetensors`` (a packed model), else ``model.pt`` (the trainer's output, loaded weights-only).
 
     Returns (model in eval mode, config dict). The encoder's CMVN statistics are buffers of the state_dict, so
     the cmvn.npz named in the config is not needed here."""
-    import os
-
     import torch
     import yaml
 
@@ -45,7 +51,10 @@ def load_trained(exp_dir: str, llm=None, *, checkpoint: str | None = None, devic
     if isinstance(model_conf.get("encoder"), dict):
         model_conf["encoder"] = {k: v for k, v in model_conf["encoder"].items() if k != "cmvn"}
     model = build_model(conf["model"], model_conf, llm)
-    path = checkpoint or os.path.join(exp_dir, "model.pt")
+    path = checkpoint
+    if path is None:
+        packed = os.path.join(exp_dir, "model.safetensors")
+        path = packed if os.path.isfile(packed) else os.path.join(exp_dir, "model.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found (training did not finish?)")
     if path.endswith(".safetensors"):

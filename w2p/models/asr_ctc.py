@@ -14,8 +14,10 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from w2p.models.abs_model import AbsW2PModel
 
-class CTCASR(nn.Module):
+
+class CTCASR(AbsW2PModel):
     def __init__(self, llm=None, *, encoder: dict | None = None, bpe_model: str | None = None,
                  vocab_size: int | None = None, dropout: float = 0.0):
         super().__init__()

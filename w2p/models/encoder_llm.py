@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from w2p.models.abs_model import AbsW2PModel, SpeechPrompts
 from w2p.tasks import get_task
 
 
-class EncoderLLM(nn.Module):
+class EncoderLLM(AbsW2PModel):
     def __init__(self, llm=None, *, encoder: dict | None = None, stack: int = 4, template: str | None = None,
                  embed_dim: int | None = None, connector_dropout: float = 0.0):
         super().__init__()
@@ -29,14 +30,13 @@ class EncoderLLM(nn.Module):
         self.template = template or get_task("asr").template
         if self.template.count("{speech}") != 1:
             raise ValueError(f"encoder_llm template needs exactly one {{speech}}: {self.template!r}")
-        self._prefix_cache: dict = {}
         self.encoder = build_encoder(encoder or {})
         self.dropout = nn.Dropout(connector_dropout)
         self.connector = nn.Linear(self.encoder.output_size() * self.stack, self.embed_dim)
 
     needs_llm = True
 
-    def prompt_vectors(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> list[torch.Tensor]:
+    def _vectors(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> list[torch.Tensor]:
         """Speech prompt per utterance: (ceil(T'/stack), embed_dim)."""
         h, h_lens = self.encoder(feats, feat_lens)
         B, T, C = h.shape
@@ -47,16 +47,17 @@ class EncoderLLM(nn.Module):
         n = torch.div(h_lens + self.stack - 1, self.stack, rounding_mode="floor").clamp(min=1)
         return [z[b, : int(n[b])] for b in range(B)]
 
+    @torch.no_grad()
+    def prompts(self, feats: torch.Tensor, feat_lens: torch.Tensor, *,
+                target_lengths: torch.Tensor | None = None) -> SpeechPrompts:
+        if target_lengths is not None:
+            raise TypeError("encoder_llm: the number of prompt vectors is fixed by the frame stacking")
+        return SpeechPrompts(self._vectors(feats, feat_lens))
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         if self.llm is None:
             raise RuntimeError("encoder_llm: training needs the frozen LLM")
-        prompts = self.prompt_vectors(batch["feats"], batch["feat_lens"])
-        # the same CE as FrozenLLM.ce_loss (per-utterance mean), but the shared prompt prefix runs once as a KV
-        # cache and the LM head sees target positions only: ~2x cheaper on CPU
-        from w2p.models.fewshot import task_ce
-
-        pre, post = self.template.split("{speech}")
-        B = len(prompts)
-        loss = task_ce(self.llm, prompts, [pre] * B, [post] * B, list(batch["text"]), prefix_cache=self._prefix_cache)
+        prompts = self._vectors(batch["feats"], batch["feat_lens"])
+        loss = self.llm.ce_loss(self.template, prompts, list(batch["text"]))
         n = float(sum(p.shape[0] for p in prompts)) / max(1, len(prompts))
         return loss, {"loss": float(loss.detach()), "loss_ce": float(loss.detach()), "prompt_len": n}

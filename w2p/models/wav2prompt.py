@@ -2,7 +2,7 @@
 
 Training (ASR data only):
     L = mse_weight * MSE(prompt_i, E[y_i]) + qua_weight * |sum(alpha) - U| + ctc_weight * CTC(encoder, BPE)
-        + ce_weight * CE_LLM(target | ce_template with the speech prompt)
+        + ce_weight * CE_LLM(target | the ce_task's template with the speech prompt)
         + tok_weight * CE(cos(prompt_i, E[v]) / tok_temperature over the training vocabulary v, target y_i)
 where y_1..y_U is the transcript tokenised by the frozen LLM's tokenizer (no special tokens) and E its frozen
 input-embedding table. In training the CIF weights are scaled so that each utterance fires exactly U times (one
@@ -16,9 +16,8 @@ the CIF weights learn to follow them. Validation always uses the full loss, so b
 Token-discrimination term (``tok_weight``, an auxiliary of ours, not in the paper): MSE pulls each prompt vector
 towards its target embedding but does not push it away from the embeddings of similar-sounding words, which is
 what the LLM confuses ("spoons" read as "poems"). A softmax over the cosine to the embeddings of every token of the
-training transcripts (``set_train_vocab``, called by the trainer; ~1.3k tokens on mini_en, so it costs ~1 % of a
-step, where the full 49k vocabulary would double it) makes the nearest token the right one. Measured on mini_en dev
-(9 epochs): nearest-token accuracy 77.7 % -> 92.4 %, mean cosine 0.879 -> 0.907, exact CIF length 89.3 -> 91.7 %.
+training transcripts (``set_train_vocab``, called by the trainer; a small set, so the term is cheap where the whole
+vocabulary would not be) makes the nearest token the right one (its effect: egs/mini_en/w2p1/README.md).
 
 MSE is measured in units of the embedding table's standard deviation (the projection predicts E[y]/std and the
 prompt is that times std), so the loss weights do not depend on the LLM's embedding scale. Every loss term is a
@@ -29,9 +28,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from w2p.models.abs_model import SUBSAMPLING, AbsW2PModel, SpeechPrompts
 from w2p.models.encoder import build_encoder
-
-DEFAULT_CE_TEMPLATE = "Repeat the following sentence exactly.\n{speech}"
+from w2p.tasks import get_task
 
 
 def _pad_ids(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,12 +42,24 @@ def _pad_ids(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, tor
     return out, lens
 
 
-class Wav2Prompt(nn.Module):
+def regression_terms(pred: torch.Tensor, tgt: torch.Tensor, alphas: torch.Tensor, U: torch.Tensor):
+    """Wav2Prompt's embedding regression, shared by stage 4 and few-shot fine-tuning.
+
+    pred, tgt: (B, U_max, D) prompt vectors and target embeddings (units of the embedding std); U: (B,) target
+    lengths. Returns (mse, quantity, umask): per-utterance means averaged over the batch, and the (B, U_max) mask."""
+    umask = (torch.arange(pred.shape[1], device=pred.device)[None, :] < U[:, None]).float()
+    mse = ((((pred - tgt) ** 2).mean(-1) * umask).sum(1) / U.float()).mean()
+    qua = (alphas.float().sum(1) - U.float()).abs().mean()
+    return mse, qua, umask
+
+
+class Wav2Prompt(AbsW2PModel):
     needs_llm = True
 
     def __init__(self, llm, encoder: dict | None = None, cif: dict | None = None, proj_hidden: int = 0,
                  mse_weight: float = 1.0, qua_weight: float = 1.0, ctc_weight: float = 0.0, ce_weight: float = 0.0,
-                 bpe_vocab: int | None = None, bpe_model: str | None = None, ce_template: str = DEFAULT_CE_TEMPLATE, ce_target: str = "text",
+                 bpe_vocab: int | None = None, bpe_model: str | None = None, ce_task: str = "asr", ce_target: str = "text",
+                 ce_template: str | None = None,
                  ce_fields: list[str] | None = None, ctc_warmup_steps: int = 0, tok_weight: float = 0.0,
                  tok_temperature: float = 0.1):
         super().__init__()
@@ -86,7 +97,11 @@ class Wav2Prompt(nn.Module):
                 raise ValueError("ctc_weight > 0 needs model_conf.bpe_vocab or bpe_model (data/lang/bpe/bpe.model)")
             self.bpe_vocab = int(bpe_vocab)
             self.ctc_head = nn.Linear(d, self.bpe_vocab + 1)  # blank = last index; BPE ids unchanged
-        self.ce_template, self.ce_target = ce_template, ce_target
+        # the CE term asks the LLM for the ce_target text through the task's own template (ASR: "repeat")
+        self.ce_task, self.ce_template, self.ce_target = ce_task, get_task(ce_task).template, ce_target
+        if ce_template is not None and ce_template != self.ce_template:  # configs written before ce_task
+            raise ValueError(f"model_conf.ce_template {ce_template!r}: the CE term uses a task's own template; set "
+                             f"model_conf.ce_task (e.g. asr: {self.ce_template!r}) and drop ce_template")
         self.ce_fields = list(ce_fields or [])
         self.ctc_warmup_steps = int(ctc_warmup_steps or 0)
         if self.ctc_warmup_steps and self.ctc_head is None:
@@ -99,12 +114,11 @@ class Wav2Prompt(nn.Module):
         self._train_vocab_emb: torch.Tensor | None = None
 
     def set_train_vocab(self, token_ids) -> None:
-        """The LLM token ids of the training transcripts: the candidates of the token-discrimination term."""
+        """The candidates of the token-discrimination term."""
         self._train_vocab = torch.tensor(sorted({int(t) for t in token_ids}), dtype=torch.long)
         self._train_vocab_emb = None  # their unit-norm embeddings, computed once on first use (the LLM is frozen)
 
     def set_train_step(self, step: int) -> None:
-        """Called by the trainer before each forward with the number of optimiser steps done."""
         self._train_step = int(step)
 
     def _loss_weights(self) -> tuple[float, float, float, float]:
@@ -113,14 +127,6 @@ class Wav2Prompt(nn.Module):
         return self.mse_weight, self.qua_weight, self.ce_weight, self.tok_weight
 
     # -- pieces ----------------------------------------------------------------------------------------------
-    @staticmethod
-    def from_pretrained(model_dir: str, **kwargs):
-        """Load a packed model dir (recipe stage 10) for inference: returns a ``w2p.infer.Wav2PromptPipeline``,
-        whose ``.generate(wavs, task=..., **template_vars)`` runs a task (features, prompts and the frozen LLM)."""
-        from w2p.infer import Wav2PromptPipeline
-
-        return Wav2PromptPipeline.from_pretrained(model_dir, **kwargs)
-
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor):
         h, h_lens = self.encoder(feats, feat_lens)
         mask = torch.arange(h.shape[1], device=h.device)[None, :] < h_lens[:, None]
@@ -134,15 +140,19 @@ class Wav2Prompt(nn.Module):
                    tail_threshold=self.tail_threshold, backend=self.cif_backend)
 
     @torch.no_grad()
-    def prompts(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> list[torch.Tensor]:
-        """Inference: natural CIF firing -> one (U_i, embed_dim) prompt tensor per utterance."""
+    def prompts(self, feats: torch.Tensor, feat_lens: torch.Tensor, *,
+                target_lengths: torch.Tensor | None = None) -> SpeechPrompts:
+        """Inference: CIF fires naturally (or ``target_lengths`` times) -> one (U_i, embed_dim) tensor each."""
         was = self.training
         self.eval()
         h, h_lens, alphas = self.encode(feats, feat_lens)
-        out = self._cif(h, alphas, h_lens)
+        out = self._cif(h, alphas, h_lens, target_lengths=target_lengths)
         vec = self.proj(out.out) * self.emb_scale
         self.train(was)
-        return [vec[i, :int(n)] for i, n in enumerate(out.out_lengths)]
+        n = [int(x) for x in out.out_lengths]
+        return SpeechPrompts([vec[i, :n[i]] for i in range(len(n))], alphas=alphas, alpha_lengths=h_lens,
+                             fire_frames=[out.fire_frames[i, :n[i]].tolist() for i in range(len(n))],
+                             frame_shift=0.01 * SUBSAMPLING)
 
     # -- training --------------------------------------------------------------------------------------------
     def forward(self, batch: dict):
@@ -159,14 +169,10 @@ class Wav2Prompt(nn.Module):
         pred = self.proj(out.out.to(h.dtype)).float()  # (B, U_max, D) in units of emb_scale
         with torch.no_grad():
             tgt = self.llm.embed(ids.to(self.llm.device)).to(dev).float() / self.emb_scale
-        umask = (torch.arange(ids.shape[1], device=dev)[None, :] < U[:, None]).float()
         # alignment of CIF outputs: out_lengths == U by construction in training
         n = min(pred.shape[1], tgt.shape[1])
-        pred, tgt, umask = pred[:, :n], tgt[:, :n], umask[:, :n]
-        se = ((pred - tgt) ** 2).mean(-1) * umask
-        mse = (se.sum(1) / U.float()).mean()
-        alpha_sum = alphas.float().sum(1)
-        qua = (alpha_sum - U.float()).abs().mean()
+        pred, tgt = pred[:, :n], tgt[:, :n]
+        mse, qua, umask = regression_terms(pred, tgt, alphas, U)
         w_mse, w_qua, w_ce, w_tok = self._loss_weights()
         loss = w_mse * mse + w_qua * qua
         stats = {"mse": float(mse.detach()), "qua": float(qua.detach())}
@@ -224,12 +230,9 @@ class Wav2Prompt(nn.Module):
         """Natural-firing length accuracy and nearest-token readout accuracy (validation only)."""
         nat = self._cif(h, alphas, h_lens)
         exact = (nat.out_lengths.to(U.device) == U).float().mean()
-        W = self.llm.embedding_weight.detach().float().to(pred.device)
-        Wn = nn.functional.normalize(W, dim=-1)
         hit = total = 0
         for i in range(len(U)):
-            p = nn.functional.normalize(pred[i, :int(U[i])], dim=-1)
-            near = (p @ Wn.T).argmax(-1)
-            hit += int((near == ids[i, :int(U[i])]).sum())
+            near = self.llm.nearest_tokens(pred[i, :int(U[i])])
+            hit += sum(int(a == b) for a, b in zip(near, ids[i, :int(U[i])].tolist()))
             total += int(U[i])
         return {"len_exact": float(exact), "readout_acc": hit / max(1, total)}

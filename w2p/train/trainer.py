@@ -145,8 +145,7 @@ def _load_init(model: torch.nn.Module, path: str, exclude: list[str]) -> None:
 def model_needs_llm(model_name: str) -> bool:
     from w2p.models import model_class
 
-    flag = getattr(model_class(model_name), "needs_llm", True)
-    return flag if isinstance(flag, bool) else True  # a property: cannot tell before building, be safe
+    return bool(model_class(model_name).needs_llm)
 
 
 # -- distributed ---------------------------------------------------------------------------------------------
@@ -226,9 +225,8 @@ class Trainer:
         self.optim = build_optimizer(conf["optim"], self.params, conf["optim_conf"])
         self.train_set = DumpDataset(train_dir, llm=llm, preload=conf.get("preload", True))
         self.valid_set = DumpDataset(valid_dir, llm=llm, preload=conf.get("preload", True))
-        set_vocab = getattr(self.model, "set_train_vocab", None)
-        if set_vocab is not None and self.train_set.llm_tokens is not None:
-            set_vocab(t for ids in self.train_set.llm_tokens.values() for t in ids)
+        if self.train_set.llm_tokens is not None:
+            self.model.set_train_vocab(t for ids in self.train_set.llm_tokens.values() for t in ids)
         self.sampler = BucketSampler(self.train_set.lengths(), int(conf["batch_frames"]),
                                      max_batch_size=conf.get("max_batch_size"), shuffle=True,
                                      seed=int(conf["seed"]), rank=self.dist.rank, world_size=self.dist.world)
@@ -314,9 +312,7 @@ class Trainer:
         return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     def _forward(self, batch: dict):
-        set_step = getattr(self.model, "set_train_step", None)
-        if set_step is not None:  # models with a loss schedule (Wav2Prompt's CTC warm-up) see the global step
-            set_step(self.step)
+        self.model.set_train_step(self.step)  # a loss schedule (Wav2Prompt's CTC warm-up) sees the global step
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             loss, stats = self.model(batch)
         return loss, stats
