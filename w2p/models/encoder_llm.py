@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from w2p.models.abs_model import AbsW2PModel, SpeechPrompts
-from w2p.tasks import get_task
+from w2p.tasks import check_template, get_task
 
 
 class EncoderLLM(AbsW2PModel):
@@ -28,8 +28,7 @@ class EncoderLLM(AbsW2PModel):
             raise ValueError(f"encoder_llm: stack must be >= 1, got {stack}")
         self.stack = int(stack)
         self.template = template or get_task("asr").template
-        if self.template.count("{speech}") != 1:
-            raise ValueError(f"encoder_llm template needs exactly one {{speech}}: {self.template!r}")
+        check_template(self.template)
         self.encoder = build_encoder(encoder or {})
         self.dropout = nn.Dropout(connector_dropout)
         self.connector = nn.Linear(self.encoder.output_size() * self.stack, self.embed_dim)
