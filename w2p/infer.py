@@ -4,6 +4,7 @@ Packed directory (``pack_model``, recipe stage 10):
   config.yaml         the trainer's resolved config (model name + model_conf; encoder.cmvn -> cmvn.npz)
   model.safetensors   weights (incl. the CMVN buffers)
   cmvn.npz            global CMVN statistics (ESPnet GlobalMVN format), for reference / re-training
+  bpe.model           the CTC units' sentencepiece model, when the model has a CTC head (model_conf.bpe_model)
   llm.json            the frozen LLM reference: source name, embedding size, vocabulary size, tokenizer hash
   decode.json         decoding defaults (beam, repetition penalty)
   README.md           how to use it
@@ -79,6 +80,13 @@ def pack_model(exp_dir: str, out_dir: str, *, cmvn: str | None = None, llm_sourc
     conf["model_conf"] = dict(conf.get("model_conf") or {})
     if isinstance(conf["model_conf"].get("encoder"), dict):
         conf["model_conf"]["encoder"] = dict(conf["model_conf"]["encoder"], cmvn="cmvn.npz")
+    # a pack is self-contained: every file the model reads is copied in and named relative to the pack
+    bpe = conf["model_conf"].get("bpe_model")
+    if bpe:
+        if not os.path.isfile(bpe):
+            raise FileNotFoundError(f"model_conf.bpe_model {bpe} of {cfg_p} not found: run pack from the recipe dir "
+                                    "the model was trained in (paths in config.yaml are relative to it)")
+        conf["model_conf"]["bpe_model"] = "bpe.model"
     conf["llm"] = source
 
     meta = {"packed_from": os.path.abspath(exp_dir), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(),
@@ -87,6 +95,8 @@ def pack_model(exp_dir: str, out_dir: str, *, cmvn: str | None = None, llm_sourc
         write_yaml(os.path.join(tmp, "config.yaml"), conf)
         save_file(state, os.path.join(tmp, "model.safetensors"), metadata={k: str(v) for k, v in meta.items()})
         shutil.copyfile(cmvn, os.path.join(tmp, "cmvn.npz"))
+        if bpe:
+            shutil.copyfile(bpe, os.path.join(tmp, "bpe.model"))
         write_json(os.path.join(tmp, "llm.json"), llm_reference(llm, source))
         write_json(os.path.join(tmp, "decode.json"), dict({"beam": 5, "repetition_penalty": 1.5}, **(decode or {})))
         write_atomic(os.path.join(tmp, "README.md"),

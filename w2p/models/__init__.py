@@ -48,6 +48,9 @@ def load_trained(exp_dir: str, llm=None, *, checkpoint: str | None = None, devic
     with open(cfg_path, encoding="utf-8") as f:
         conf = yaml.safe_load(f)
     model_conf = dict(conf.get("model_conf") or {})
+    bpe = model_conf.get("bpe_model")
+    if bpe and not os.path.isabs(bpe) and os.path.isfile(os.path.join(exp_dir, bpe)):
+        model_conf["bpe_model"] = os.path.join(exp_dir, bpe)  # a packed model's own copy
     if isinstance(model_conf.get("encoder"), dict):
         model_conf["encoder"] = {k: v for k, v in model_conf["encoder"].items() if k != "cmvn"}
     model = build_model(conf["model"], model_conf, llm)
