@@ -101,3 +101,52 @@ def test_packed_model_runs_from_anywhere_with_the_recipe_deleted(tmp_path, monke
     out = pipe.generate([str(wav)], task="asr", max_new_tokens=4, beam=1)
     assert len(out) == 1 and isinstance(out[0], str)
     assert pipe.model.ctc_head is not None and pipe.model.bpe_vocab == 40
+
+
+def _planted_dump(tiny_recipe, tmp_path, marker):
+    """A copy of a dump dir whose feats.scp has one Kaldi pipe entry that would write the marker."""
+    src = os.path.join(tiny_recipe, "dump", "fbank", "train")
+    d = tmp_path / "dump" / "fbank" / "train"
+    shutil.copytree(src, d)
+    lines = (d / "feats.scp").read_text().splitlines()
+    utts = [ln.split()[0] for ln in lines]
+    if not (d / "utt2spk").exists():  # the validator wants the speaker maps of a full dump dir
+        (d / "utt2spk").write_text("".join(f"{u} spk\n" for u in utts))
+        (d / "spk2utt").write_text("spk " + " ".join(utts) + "\n")
+    utt = utts[1]
+    lines[1] = f"{utt} touch {marker} |"
+    (d / "feats.scp").write_text("\n".join(lines) + "\n")
+    return str(d), utt
+
+
+def test_kaldi_pipe_entries_in_feats_scp_are_never_run(tiny_recipe, tmp_path, llm):
+    from w2p.data.datadir import DataDirError, validate_data_dir
+    from w2p.decode import load_set
+    from w2p.features import compute_cmvn
+    from w2p.io import UnsafeScpError, read_scp
+    from w2p.train.dataset import DumpDataset
+
+    marker = tmp_path / "marker"
+    d, utt = _planted_dump(tiny_recipe, tmp_path, marker)
+    scp = os.path.join(d, "feats.scp")
+    for load in (lambda: DumpDataset(d, llm=llm), lambda: DumpDataset(d, llm=llm, preload=False),
+                 lambda: load_set(d), lambda: compute_cmvn(scp, str(tmp_path / "cmvn.npz"))):
+        with pytest.raises(UnsafeScpError, match=f"utterance '{utt}' is a shell command.*--allow_scp_pipes"):
+            load()
+    with pytest.raises(DataDirError, match="shell commands"):
+        validate_data_dir(d, "dump")
+    assert not marker.exists() and not (tmp_path / "cmvn.npz").exists()
+    assert read_scp(scp, allow_pipes=True)[utt].endswith("|")  # the explicit opt-in passes it through
+
+
+def test_training_cli_refuses_a_planted_pipe(tiny_recipe, tmp_path):
+    marker = tmp_path / "marker"
+    d, utt = _planted_dump(tiny_recipe, tmp_path, marker)
+    cfg = tmp_path / "conf.yaml"
+    cfg.write_text(yaml.safe_dump({"model": "wav2prompt", "model_conf": {"encoder": dict(TINY_ENCODER)},
+                                   "max_steps": 1}))
+    p = subprocess.run([sys.executable, "-m", "w2p.bin.train", "--config", str(cfg), "--train_dir", d,
+                        "--valid_dir", d, "--output_dir", str(tmp_path / "exp")], capture_output=True, text=True,
+                       timeout=300, stdin=subprocess.DEVNULL)
+    assert p.returncode != 0 and "is a shell command" in p.stderr, p.stderr[-2000:]
+    assert not marker.exists()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from w2p.io import read_kv, write_atomic, write_kv_atomic
+from w2p.io import load_feats, read_kv, read_scp, write_atomic, write_kv_atomic
 from w2p.tasks import CALIBRATION_INPUT, canonical_intent, get_task, intents_prompt, readable_intent
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ DEFAULTS = {
     "asr_beam": 1,  # CTC prefix-beam width for the cascade's ASR (1 = greedy)
     "calibrate": "batch",  # SLU closed-set choice: batch | content_free | none (calibrate_scores)
     "num_threads": None,
+    # feats.scp entries that are shell commands (Kaldi "cmd |" pipes) are RUN when read: refused unless true
+    "allow_scp_pipes": False,
     "max_new_tokens": {},  # per task; default: the task's own (w2p.tasks)
     "templates": {},  # per task; default: the task's own template
     "tasks": {},  # task -> test set name, e.g. {asr: test, st: st_test}
@@ -70,18 +72,15 @@ class TestSet:
     _feats: object = None
 
     def feats(self, utt: str) -> torch.Tensor:
-        x = self._feats[utt]
-        return torch.tensor(x, dtype=torch.float32)  # copies: kaldiio arrays are read-only
+        return torch.tensor(load_feats(self._feats[utt]), dtype=torch.float32)  # copies: the arrays are read-only
 
     def audio_sec(self, utts: list[str] | None = None) -> float:
         return FRAME_SHIFT * sum(self.num_frames.get(u, 0) for u in (utts or self.utt_ids))
 
 
-def load_set(dump_dir: str, *, max_utts: int | None = None) -> TestSet:
+def load_set(dump_dir: str, *, max_utts: int | None = None, allow_pipes: bool = False) -> TestSet:
     """A dump dir (feats.scp, utt2num_frames, text, optional ref / question / intents); the first ``max_utts``
     utterances in sorted id order are kept (deterministic cap)."""
-    import kaldiio
-
     scp = os.path.join(dump_dir, "feats.scp")
     if not os.path.isfile(scp):
         raise FileNotFoundError(f"{scp} not found: run stage 2 (features) for this set first")
@@ -89,7 +88,7 @@ def load_set(dump_dir: str, *, max_utts: int | None = None) -> TestSet:
     if not os.path.isfile(text_p):
         raise FileNotFoundError(f"{text_p} not found (every set needs its transcripts)")
     text = read_kv(text_p)
-    feats = kaldiio.load_scp(scp)
+    feats = read_scp(scp, allow_pipes=allow_pipes)
     utts = sorted(u for u in text if u in feats)
     if not utts:
         raise ValueError(f"{dump_dir}: no utterance has both a transcript and features")

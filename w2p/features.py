@@ -20,7 +20,7 @@ import numpy as np
 
 from w2p.data.audio import AudioError, load_audio
 from w2p.data.datadir import COPY_TO_DUMP, PER_UTT_FILES, spk2utt_from_utt2spk, validate_data_dir
-from w2p.io import atomic_path, read_kv, write_kv
+from w2p.io import atomic_path, load_feats, read_kv, read_scp, write_kv
 
 log = logging.getLogger("w2p.features")
 
@@ -167,15 +167,16 @@ def merge(data_dir: str, out_dir: str, nj: int, *, max_skip_ratio: float = 0.05)
     return summary
 
 
-def compute_cmvn(feats_scp: str, out_path: str) -> dict:
+def compute_cmvn(feats_scp: str, out_path: str, *, allow_pipes: bool = False) -> dict:
     """Global mean/variance stats (ESPnet GlobalMVN format: count, sum, sum_square) over feats_scp."""
-    import kaldiio
-
     count = 0
     s = None
     ss = None
-    for _, f in kaldiio.load_scp_sequential(feats_scp):
-        f = np.asarray(f, dtype=np.float64)
+    for utt, spec in read_scp(feats_scp, allow_pipes=allow_pipes).items():
+        f = np.asarray(load_feats(spec), dtype=np.float64)
+        if not np.isfinite(f).all():
+            raise FeatureError(f"{feats_scp}: utterance {utt!r} has NaN/inf features: the statistics would be NaN. "
+                               "Fix: re-extract it (stage 2) or drop it from the set")
         if s is None:
             s, ss = np.zeros(f.shape[1]), np.zeros(f.shape[1])
         count += f.shape[0]

@@ -150,6 +150,41 @@ def write_kv_atomic(path: str, items) -> None:
     write_atomic(path, "".join(f"{k} {v}\n" for k, v in pairs))
 
 
+# -- feature index files ---------------------------------------------------------------------------------------
+class UnsafeScpError(ValueError):
+    """An scp entry that would run a shell command when read."""
+
+
+def is_pipe(spec: str) -> bool:
+    """A Kaldi pipe ("cmd |" or "| cmd"): kaldiio runs it through a shell to read the entry."""
+    s = spec.strip()
+    return s.endswith("|") or s.startswith("|")
+
+
+def check_scp_spec(path: str, key: str, spec: str, *, allow_pipes: bool = False) -> str:
+    if not allow_pipes and is_pipe(spec):
+        raise UnsafeScpError(
+            f"{path}: the entry of utterance {key!r} is a shell command ({spec.strip()!r}); w2p does not run commands "
+            "named in data files. Fix: regenerate the features with stage 2 (w2p.bin.make_fbank), or, only for a "
+            "file you wrote yourself, allow it (--allow_scp_pipes true)")
+    return spec
+
+
+def read_scp(path: str, *, allow_pipes: bool = False) -> "OrderedDict[str, str]":
+    """``utt spec`` lines of a feats.scp; a shell-command entry is an error unless ``allow_pipes``."""
+    specs = read_kv(path)
+    for k, v in specs.items():
+        check_scp_spec(path, k, v, allow_pipes=allow_pipes)
+    return specs
+
+
+def load_feats(spec: str):
+    """One feature matrix by its scp spec (``file.ark:offset``), as a read-only numpy array."""
+    import kaldiio
+
+    return kaldiio.load_mat(spec)
+
+
 # -- provenance -----------------------------------------------------------------------------------------------
 def git_commit(path: str | None = None) -> str:
     """Short commit of the w2p checkout (not of the cwd: a recipe may run outside the repo); -dirty if modified."""

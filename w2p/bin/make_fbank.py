@@ -27,6 +27,9 @@ def main(argv=None) -> int:
     ap.add_argument("--on_error", default="skip", choices=["skip", "error"],
                     help="bad audio/features: log and skip the utterance, or stop")
     ap.add_argument("--cmvn_set", default="", help="after merging, write <dump_dir>/<set>/cmvn.npz for this set")
+    ap.add_argument("--allow_scp_pipes", action="store_true",
+                    help="let the CMVN pass read feats.scp entries that are shell commands (Kaldi 'cmd |' pipes): "
+                    "those commands are RUN; only for a feats.scp you wrote yourself")
     ap.add_argument("--max_skip_ratio", type=float, default=0.05, help="merge fails above this skipped fraction")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -45,7 +48,7 @@ def main(argv=None) -> int:
         if a.cmvn_set:
             scp = os.path.join(a.dump_dir, a.cmvn_set, "feats.scp")
             out = os.path.join(a.dump_dir, a.cmvn_set, "cmvn.npz")
-            logging.info("cmvn %s: %s", out, json.dumps(features.compute_cmvn(scp, out)))
+            logging.info("cmvn %s: %s", out, json.dumps(features.compute_cmvn(scp, out, allow_pipes=a.allow_scp_pipes)))
     return 0
 
 

@@ -43,6 +43,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition_penalty", type=float, default=1.0,
                    help="1.0 for repeating: a sentence may legitimately repeat words")
     p.add_argument("--max_new_tokens", type=int, default=48)
+    p.add_argument("--allow_scp_pipes", action="store_true",
+                   help="read feats.scp entries that are shell commands (Kaldi 'cmd |' pipes): those commands are RUN; "
+                   "only for a feats.scp you wrote yourself")
     p.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     return p
 
@@ -72,7 +75,7 @@ def main(argv=None) -> int:
         return 1
     llm = FrozenLLM.load(args.llm or conf.get("llm", "smollm2-135m"))
     model, _ = load_trained(args.model_dir, llm, checkpoint=args.checkpoint)
-    ds = DumpDataset(args.data_dir, llm=llm)
+    ds = DumpDataset(args.data_dir, llm=llm, allow_pipes=args.allow_scp_pipes)
     if ds.llm_tokens is None:
         print(f"{args.data_dir}: no llm_tokens (run stage 3)", file=sys.stderr)
         return 1

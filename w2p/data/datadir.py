@@ -10,7 +10,7 @@ import json
 import os
 from collections import OrderedDict
 
-from w2p.io import read_kv, read_kv_lines, write_atomic, write_kv
+from w2p.io import is_pipe, read_kv, read_kv_lines, write_atomic, write_kv
 
 # Files with one ``utt value`` line per utterance that must all cover the same utterances.
 PER_UTT_FILES = ("wav.scp", "text", "utt2spk", "ref", "question", "slots", "utt2dur", "feats.scp",
@@ -131,6 +131,11 @@ def validate_data_dir(path: str, kind: str = "data", *, check_files: bool = Fals
             unknown = sorted({v for v in maps["ref"].values() if v not in set(intents)})
             if unknown:
                 problems.append(f"ref: intents not listed in the intents file: {unknown[:5]}")
+    if "feats.scp" in maps:
+        pipes = [u for u, v in maps["feats.scp"].items() if is_pipe(v)]
+        if pipes:
+            problems.append(f"feats.scp: {len(pipes)} entries are shell commands (Kaldi pipes), e.g. utterance "
+                            f"{pipes[0]!r}; w2p reads features from ark files only: regenerate them (stage 2)")
     if "utt2num_frames" in maps:
         for u, v in maps["utt2num_frames"].items():
             if not v.isdigit() or int(v) <= 0:

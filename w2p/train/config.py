@@ -27,6 +27,8 @@ DEFAULTS = {
     "max_steps": None,  # stop after this many optimiser steps (mainly for tests)
     "init_exclude": [],  # parameter-name prefixes not taken from --init
     "preload": True,
+    # feats.scp entries that are shell commands (Kaldi "cmd |" pipes) are RUN when read: refused unless true
+    "allow_scp_pipes": False,
 }
 
 

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import torch
 
-from w2p.io import read_kv
+from w2p.io import load_feats, read_kv, read_scp
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,12 @@ class DumpDataset(torch.utils.data.Dataset):
     no I/O; the mini corpora are small. Items are dicts; :func:`collate` batches them."""
 
     def __init__(self, dump_dir: str, *, llm=None, bpe_model: str | None = None, preload: bool = True,
-                 require_text: bool = True):
-        import kaldiio
-
+                 require_text: bool = True, allow_pipes: bool = False):
         self.dump_dir = dump_dir
         scp = os.path.join(dump_dir, "feats.scp")
         if not os.path.isfile(scp):
             raise FileNotFoundError(f"{scp} not found (run stage 2: make_fbank)")
-        self.feat_specs = read_kv(scp)
+        self.feat_specs = read_scp(scp, allow_pipes=allow_pipes)
         self.utt_ids = sorted(self.feat_specs)
         if not self.utt_ids:
             raise ValueError(f"{scp} is empty")
@@ -59,7 +57,7 @@ class DumpDataset(torch.utils.data.Dataset):
         if preload:
             self.feats = {}
             for u in self.utt_ids:
-                m = kaldiio.load_mat(self.feat_specs[u])
+                m = load_feats(self.feat_specs[u])
                 if m.ndim != 2:
                     raise ValueError(f"{scp}: utterance {u} has features of shape {m.shape}, expected (T, 80)")
                 self.feats[u] = np.array(m, dtype=np.float32, copy=True)  # writable, owned
@@ -124,10 +122,8 @@ class DumpDataset(torch.utils.data.Dataset):
         return [self.num_frames[u] for u in self.utt_ids]
 
     def __getitem__(self, i: int) -> dict:
-        import kaldiio
-
         u = self.utt_ids[i]
-        feats = self.feats[u] if self.feats is not None else np.asarray(kaldiio.load_mat(self.feat_specs[u]),
+        feats = self.feats[u] if self.feats is not None else np.asarray(load_feats(self.feat_specs[u]),
                                                                          dtype=np.float32)
         item = {"utt_id": u, "feats": feats}
         for name, kv in self.fields.items():

@@ -223,8 +223,9 @@ class Trainer:
         log.info("model %s: %.2fM trainable parameters; device %s; world %d; amp %s",
                  conf["model"], n_par / 1e6, self.device, self.dist.world, self.amp)
         self.optim = build_optimizer(conf["optim"], self.params, conf["optim_conf"])
-        self.train_set = DumpDataset(train_dir, llm=llm, preload=conf.get("preload", True))
-        self.valid_set = DumpDataset(valid_dir, llm=llm, preload=conf.get("preload", True))
+        pipes = bool(conf.get("allow_scp_pipes"))
+        self.train_set = DumpDataset(train_dir, llm=llm, preload=conf.get("preload", True), allow_pipes=pipes)
+        self.valid_set = DumpDataset(valid_dir, llm=llm, preload=conf.get("preload", True), allow_pipes=pipes)
         if self.train_set.llm_tokens is not None:
             self.model.set_train_vocab(t for ids in self.train_set.llm_tokens.values() for t in ids)
         self.sampler = BucketSampler(self.train_set.lengths(), int(conf["batch_frames"]),
