@@ -158,7 +158,19 @@ class Wav2PromptPipeline:
             name = str(wav)
         else:
             x, sr = (wav if isinstance(wav, tuple) else (wav, 16000))
-            x = np.asarray(x, dtype=np.float32)
+            x = np.asarray(x)
+            if not (isinstance(sr, (int, np.integer)) and sr > 0):
+                raise ValueError(f"sample rate must be a positive integer (Hz), got {sr!r}")
+            if np.issubdtype(x.dtype, np.integer):  # PCM samples: scale to [-1, 1) as soundfile reads them
+                if x.dtype not in (np.int16, np.int32):
+                    raise ValueError(f"audio array of dtype {x.dtype}: give float samples in [-1, 1] or int16/int32 "
+                                     "PCM")
+                x = x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
+            elif not np.issubdtype(x.dtype, np.floating):
+                raise ValueError(f"audio array of dtype {x.dtype}: give float samples in [-1, 1] or int16/int32 PCM")
+            x = x.astype(np.float32)
+            if not np.isfinite(x).all():
+                raise ValueError("audio array contains NaN/inf samples")
             if x.ndim != 1 or x.size < 400:
                 raise ValueError(f"audio array must be 1-D with >= 400 samples (25 ms), got shape {x.shape}")
             if sr != 16000:
@@ -215,7 +227,10 @@ class Wav2PromptPipeline:
 
             best = choose(self.llm, tpl, speech, [readable_intent(i) for i in intents], **fields)
             return [canonical_intent(intents[b]) for b in best]
+        # None means "the default"; 0 or a negative value is an error (FrozenLLM.generate), never a default
         return self.llm.generate(self.llm.build_inputs(tpl, speech, **fields),
-                                 max_new_tokens=max_new_tokens or (t.max_new_tokens if t else 64),
-                                 num_beams=int(beam or self.decode["beam"]),
-                                 repetition_penalty=float(repetition_penalty or self.decode["repetition_penalty"]))
+                                 max_new_tokens=(t.max_new_tokens if t else 64) if max_new_tokens is None
+                                 else max_new_tokens,
+                                 num_beams=self.decode["beam"] if beam is None else beam,
+                                 repetition_penalty=self.decode["repetition_penalty"] if repetition_penalty is None
+                                 else repetition_penalty)

@@ -72,15 +72,30 @@ def _is_hf_dir(path: str) -> bool:
         f.endswith((".safetensors", ".bin")) for f in os.listdir(path))
 
 
+def _check_gguf(gguf: str) -> None:
+    with open(gguf, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[:4] != b"GGUF":
+        raise ValueError(f"{gguf}: not a GGUF file (it does not start with the GGUF magic bytes); give a complete "
+                         ".gguf model file or a Hugging Face model dir")
+
+
 def _convert_gguf(gguf: str, dest: str) -> None:
     """De-quantise a GGUF into a safetensors HF directory at ``dest`` (atomic: tmp dir + rename)."""
     _offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _check_gguf(gguf)
     folder, name = os.path.split(os.path.abspath(gguf))
     log.info("converting %s -> %s (one time)", gguf, dest)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                     local_files_only=True)
+    except (ValueError, OSError, KeyError, EOFError, RuntimeError) as e:
+        raise ValueError(f"{gguf}: cannot be read as a GGUF LLM (truncated or unsupported?): "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. Fix: re-download the file, or "
+                         "give a Hugging Face model dir") from e
     # the weights are de-quantised float tensors now; drop the GGUF quantiser so HF lets us serialise them
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
@@ -94,8 +109,15 @@ def _convert_gguf(gguf: str, dest: str) -> None:
 
 
 def _name_for(gguf: str) -> str:
-    stem = os.path.basename(gguf)[: -len(".gguf")]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).lower()
+    """Cache dir name of a GGUF: its stem and a hash of its content (two different model.gguf are two models)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(gguf, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(gguf)[: -len(".gguf")]).lower()
+    return f"{stem}-{h.hexdigest()[:16]}"
 
 
 def resolve_llm(source: str = DEFAULT_LLM, cache_root: str | None = None) -> str:
@@ -158,6 +180,7 @@ class FrozenLLM(nn.Module):
         self.training = False
         self._template_cache: dict = {}
         self._prefix_cache: dict = {}  # prompt-prefix keys/values; valid while the LLM's weights do not change
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self.has_adapters = False  # LoRA adapters attached (attach_lora): the LLM is no longer constant
         import inspect
 
@@ -174,14 +197,22 @@ class FrozenLLM(nn.Module):
     @classmethod
     def load(cls, source: str = DEFAULT_LLM, *, dtype=torch.float32, device="cpu", cache_root=None) -> "FrozenLLM":
         _offline()
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve_llm(source, cache_root)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         # never run code shipped with a model dir (auto_map): refuse without asking
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=False)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                         trust_remote_code=False)
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"{path}: the LLM cannot be loaded ({first}). Fix: check that its config.json, tokenizer "
+                             "and *.safetensors files are complete (a truncated download?), or give another --llm") \
+                from e
         model.to(device)
         return cls(model, tok, path)
 
@@ -282,6 +313,7 @@ class FrozenLLM(nn.Module):
         for i, sp in enumerate(speech):
             before, after = self._template_parts(self._fill(templates[i], i, fields))
             seqs.append(torch.cat([self.embed(before), self._speech_embeds(i, sp), self.embed(after)], 0))
+            self._check_length(i, seqs[-1].shape[0])
         embeds, mask = self._left_pad(seqs)
         return LLMInputs(embeds, mask)
 
@@ -291,6 +323,11 @@ class FrozenLLM(nn.Module):
         return (mask.cumsum(-1) - 1).clamp(min=0)
 
     # -- cross-entropy -------------------------------------------------------------------------------------
+    def _check_length(self, i: int, n: int, what: str = "prompt") -> None:
+        if self.max_positions and n > self.max_positions:
+            raise ValueError(f"input {i}: the {what} is {n} tokens, longer than the LLM's context of "
+                             f"{self.max_positions}; shorten the audio (one utterance at a time) or the template")
+
     def _speech_embeds(self, i: int, sp) -> torch.Tensor:
         """The ``{speech}`` fill of utterance ``i``: prompt vectors (U, D) as they are, or text embedded."""
         if isinstance(sp, str):
@@ -352,6 +389,7 @@ class FrozenLLM(nn.Module):
             rows, spans = [], []
             for i in idx:
                 ctx = torch.cat([self._speech_embeds(i, speech[i]), self.embed(parts[i][1] + tgt_ids[i])], 0)
+                self._check_length(i, len(before) + ctx.shape[0], "prompt with its target")
                 rows.append(ctx)
                 spans.append((ctx.shape[0] - len(tgt_ids[i]), len(tgt_ids[i])))  # target start, length
             B, P, L = len(idx), len(before), max(r.shape[0] for r in rows)
@@ -504,8 +542,15 @@ class FrozenLLM(nn.Module):
         beams (HF ``generate`` repeats the prompt forward for every beam), and drops finished rows from the
         batch; ``impl="hf"`` calls ``transformers`` ``generate``. Rows are processed in chunks of similar
         prompt length (less padding)."""
+        for name, v, low in (("max_new_tokens", max_new_tokens, 1), ("num_beams", num_beams, 1)):
+            if int(v) != v or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        if not repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 = none), got {repetition_penalty!r}")
         embeds, mask = inputs.inputs_embeds, inputs.attention_mask
         B = embeds.shape[0]
+        for i, n in enumerate(mask.sum(1).tolist()):
+            self._check_length(i, int(n) + max_new_tokens, "prompt plus max_new_tokens")
         if batch_size is None:
             batch_size = 32
         lens = mask.sum(1).tolist()

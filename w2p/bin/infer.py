@@ -11,9 +11,24 @@ Tasks: asr (repeat), st (to French), slu (intent from --intents), sqqa (spoken q
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -27,12 +42,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--intents", default=None, help="comma-separated intent labels for slu, or a file, one per line")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                    help="any other template variable (repeatable)")
-    p.add_argument("--beam", type=int, default=None)
-    p.add_argument("--repetition_penalty", type=float, default=None)
-    p.add_argument("--max_new_tokens", type=int, default=None)
+    p.add_argument("--beam", type=_positive(int), default=None, help="beam width (default: the pack's decode.json)")
+    p.add_argument("--repetition_penalty", type=_positive(float), default=None, help="1.0 = none")
+    p.add_argument("--max_new_tokens", type=_positive(int), default=None)
     p.add_argument("--llm", default=None, help="override the LLM named in the packed llm.json")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch_size", type=_positive(int), default=8)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     return p
 
 
@@ -70,6 +85,9 @@ def main(argv=None) -> int:
         if os.path.isfile(args.intents):
             with open(args.intents, encoding="utf-8") as f:
                 fields["intents"] = [x.strip() for x in f if x.strip()]
+        elif "," not in args.intents and (os.sep in args.intents or args.intents.endswith((".txt", ".list"))):
+            raise SystemExit(f"error: --intents {args.intents}: file not found (give a file of labels, one per "
+                             "line, or comma-separated labels)")
         else:
             fields["intents"] = [x.strip() for x in args.intents.split(",") if x.strip()]
     for kv in args.var:
@@ -89,11 +107,18 @@ def main(argv=None) -> int:
                 raise ValueError(f"task {args.task} needs --intents (comma-separated labels or a file)")
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {args.device}, but this torch sees no CUDA device (a CPU-only torch?); "
+                         "use --device cpu")
     from w2p.data.audio import AudioError
     from w2p.infer import Wav2PromptPipeline
 
     try:
-        pipe = Wav2PromptPipeline.from_pretrained(args.model, llm_source=args.llm, device=args.device)
+        # stdout carries one line per utterance: libraries' notices while loading go to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            pipe = Wav2PromptPipeline.from_pretrained(args.model, llm_source=args.llm, device=args.device)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     for s in range(0, len(items), args.batch_size):

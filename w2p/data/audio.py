@@ -1,6 +1,7 @@
 """Audio reading with clear errors, a windowed-sinc resampler (no scipy/torchaudio here) and atomic writes."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -10,6 +11,8 @@ import numpy as np
 import soundfile as sf
 
 from w2p.io import atomic_path
+
+_log = logging.getLogger(__name__)
 
 
 class AudioError(Exception):
@@ -107,6 +110,10 @@ def load_audio(path: str, *, target_sr: int = 16000, resample_ok: bool = True, u
                          f"{min_samples}). Fix: drop this utterance from the data dir.")
     if not np.isfinite(x).all():
         raise AudioError(f"{_where(path, utt)}: audio contains NaN/inf samples. Fix: re-create the file.")
+    if sr < target_sr:
+        # upsampling adds no information: the mel bins above sr/2 stay empty, unlike anything seen in training
+        _log.warning("%s: %d Hz audio upsampled to %d Hz: its mel bins above %d Hz are empty, so results may be "
+                     "worse than on %d Hz audio", _where(path, utt), sr, target_sr, sr // 2, target_sr)
     if sr != target_sr:
         if not resample_ok:
             raise AudioError(f"{_where(path, utt)}: sample rate {sr} Hz != {target_sr} Hz and resampling is off. "

@@ -45,8 +45,14 @@ def load_trained(exp_dir: str, llm=None, *, checkpoint: str | None = None, devic
     cfg_path = os.path.join(exp_dir, "config.yaml")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"{cfg_path} not found (train the system first)")
-    with open(cfg_path, encoding="utf-8") as f:
-        conf = yaml.safe_load(f)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            conf = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not valid YAML ({str(e).splitlines()[0]}); restore it from the exp dir or "
+                         "re-pack the model") from e
+    if not isinstance(conf, dict) or "model" not in conf:
+        raise ValueError(f"{cfg_path}: not a w2p model config (no 'model' key)")
     model_conf = dict(conf.get("model_conf") or {})
     bpe = model_conf.get("bpe_model")
     if bpe and not os.path.isabs(bpe) and os.path.isfile(os.path.join(exp_dir, bpe)):
@@ -60,11 +66,23 @@ def load_trained(exp_dir: str, llm=None, *, checkpoint: str | None = None, devic
         path = packed if os.path.isfile(packed) else os.path.join(exp_dir, "model.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found (training did not finish?)")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    import pickle
 
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    from safetensors import SafetensorError
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: cannot be read as weights ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                         "; a truncated copy? Restore it, or re-train / re-pack the model") from e
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: these weights do not fit the model described by {cfg_path} (trained with another "
+                         f"config?): {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from e
     return model.to(device).eval(), conf
