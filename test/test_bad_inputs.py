@@ -245,3 +245,79 @@ def test_cmvn_of_nan_features_names_the_utterance(tmp_path):
     with pytest.raises(FeatureError, match="utterance 'bad' has NaN/inf features"):
         compute_cmvn(scp, str(tmp_path / "cmvn.npz"))
     assert not (tmp_path / "cmvn.npz").exists()
+
+
+def test_audio_over_the_length_limit_is_refused(pack, llm):
+    from w2p.infer import Wav2PromptPipeline
+
+    pipe = Wav2PromptPipeline.from_pretrained(pack, llm=llm, max_seconds=5)
+    long = (np.random.default_rng(0).standard_normal(16000 * 6).astype(np.float32) * 0.1, 16000)
+    with pytest.raises(ValueError, match=r"<array>: 6\.0 s of audio, over the limit of 5 s.*split it"):
+        pipe.generate([long], task="asr")
+
+
+# -- data files, runs that were killed ----------------------------------------------------------------------------
+def test_non_utf8_text_names_the_file_and_line(tmp_path):
+    from w2p.io import read_kv
+
+    p = tmp_path / "text"
+    p.write_bytes(b"u1 hello\nu2 caf\xe9 au lait\n")
+    with pytest.raises(ValueError, match=r"text:2: not UTF-8 text.*iconv"):
+        read_kv(str(p))
+
+
+def test_temporaries_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
+    from w2p.io import TMP_MARK, atomic_path, write_atomic
+
+    target = tmp_path / "feats.1.ark"
+    stale = tmp_path / f".feats.1.ark.abc123{TMP_MARK}"
+    stale.write_bytes(b"half")
+    other = tmp_path / f".other.ark.abc123{TMP_MARK}"  # another file's temporary: left alone
+    other.write_bytes(b"x")
+    write_atomic(str(target), b"data")
+    assert target.read_bytes() == b"data" and not stale.exists() and other.exists()
+    with pytest.raises(OSError):  # a failed write (e.g. a full disk) leaves no temporary and the old file
+        with atomic_path(str(target)) as tmp:
+            open(tmp, "wb").write(b"partial")
+            raise OSError(28, "No space left on device")
+    assert target.read_bytes() == b"data" and not list(tmp_path.glob(f".feats.1.ark.*{TMP_MARK}*"))
+
+
+def test_test_sets_fail_rather_than_shrink(tmp_path, wav):
+    from w2p.bin import make_fbank
+    from w2p.data.datadir import write_data_dir
+    from w2p.decode import load_set
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF0000WAVEgarbage" * 4)
+    utts = {f"u{i}": {"wav": wav, "text": "turn on the lights", "spk": "s"} for i in range(3)}
+    utts["u9"] = {"wav": str(bad), "text": "broken", "spk": "s"}
+    for name in ("test", "train"):
+        write_data_dir(str(tmp_path / "data" / name), utts)
+    args = ["--data_dir", str(tmp_path / "data"), "--dump_dir", str(tmp_path / "dump"), "--nj", "1",
+            "--max_skip_ratio", "0.5"]
+    assert make_fbank.main(args + ["--sets", "train"]) == 0  # a training set may lose a bad utterance
+    assert make_fbank.main(args + ["--sets", "test"]) == 1  # a test set stops (error: line, exit 1)
+    assert make_fbank.main(args + ["--sets", "test", "--allow_test_skips"]) == 0
+    ts = load_set(str(tmp_path / "dump" / "test"))
+    assert len(ts.utt_ids) == 3 and ts.n_dropped == 1
+
+
+def test_results_state_dropped_utterances():
+    from w2p.score import results_markdown
+
+    md = results_markdown({"w2p": {"asr": {"wer": 10.0, "n_utts": 39, "n_dropped": 1}}}, commit="x", date="d")
+    assert "Test utterances scored per task: asr 39; dropped from the test sets because their audio failed in " \
+           "stage 2: asr 1." in md
+
+
+def test_commands_print_one_error_line_and_a_traceback_only_with_verbose(tmp_path):
+    cmd = [sys.executable, "-m", "w2p.bin.make_fbank", "--data_dir", str(tmp_path), "--dump_dir", str(tmp_path),
+           "--sets", "nothing", "--nj", "1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stderr.count("error: ") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "wav.scp" in p.stderr
+    p = subprocess.run(cmd + ["--verbose"], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "Traceback" in p.stderr
+    p = subprocess.run(cmd[:-2] + ["--nj", "0"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--nj: must be > 0" in p.stderr

@@ -1,6 +1,7 @@
 """Trainer: bucketing, config overrides, 2-process gloo == 1 process, SIGKILL + --resume, n-best averaging."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -275,3 +276,21 @@ def test_warmup_cosine_schedule():
         lr_lambda("warmup_cosine", {}, total_steps=None)
     with pytest.raises(ValueError, match="warmup_cosine"):
         lr_lambda("cosine??", {})
+
+
+def test_resume_from_a_truncated_or_foreign_checkpoint_says_so(single_run, tiny_recipe, tmp_path):
+    conf, out = single_run
+    exp = tmp_path / "exp"
+    shutil.copytree(out, exp)
+    ck = exp / "checkpoint.pt"
+    data = ck.read_bytes()
+    ck.write_bytes(data[: len(data) // 3])
+    p = subprocess.run(_cmd(conf, tiny_recipe, exp, "--resume"), env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 1 and "checkpoint.pt: cannot be read" in p.stderr and "Traceback" not in p.stderr, \
+        p.stderr[-2000:]
+    ck.write_bytes(data)
+    other = _write_conf(tmp_path / "other.yaml", model_conf={"encoder": dict(TINY_ENCODER), "proj_hidden": 32})
+    p = subprocess.run(_cmd(other, tiny_recipe, exp, "--resume"), env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 1 and "does not fit this config's model" in p.stderr, p.stderr[-2000:]

@@ -70,6 +70,7 @@ class TestSet:
     intents: list[str] | None = None
     num_frames: dict[str, int] = field(default_factory=dict)
     _feats: object = None
+    n_dropped: int = 0  # utterances of the data dir without features (their audio failed in stage 2)
 
     def feats(self, utt: str) -> torch.Tensor:
         return torch.tensor(load_feats(self._feats[utt]), dtype=torch.float32)  # copies: the arrays are read-only
@@ -109,7 +110,10 @@ def load_set(dump_dir: str, *, max_utts: int | None = None, allow_pipes: bool = 
             intents = [x.strip() for x in f if x.strip()]
     nf_p = os.path.join(dump_dir, "utt2num_frames")
     nf = {k: int(v) for k, v in read_kv(nf_p).items()} if os.path.isfile(nf_p) else {}
-    ts = TestSet(os.path.basename(os.path.normpath(dump_dir)), dump_dir, utts, text, flds, intents, nf, feats)
+    sk_p = os.path.join(dump_dir, "skipped")
+    n_dropped = len(read_kv(sk_p)) if os.path.isfile(sk_p) else 0
+    ts = TestSet(os.path.basename(os.path.normpath(dump_dir)), dump_dir, utts, text, flds, intents, nf, feats,
+                 n_dropped)
     for u in utts:
         if u not in ts.num_frames:
             ts.num_frames[u] = int(ts.feats(u).shape[0])
@@ -264,6 +268,7 @@ def decode_task(llm, system: System, task_name: str, ts: TestSet, *, beam: int =
             hyps[u] = canonical_intent(ts.intents[b])
     dt = time.perf_counter() - t0
     timing = {"decode_sec": round(dt, 3), "audio_sec": round(ts.audio_sec(), 3), "n_utts": len(ts.utt_ids),
+              "n_dropped": ts.n_dropped,
               "system": system.name, "task": task_name, "beam": beam, "repetition_penalty": repetition_penalty,
               "max_new_tokens": mnt, "template": tpl}
     if n_vec:

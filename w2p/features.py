@@ -29,7 +29,7 @@ FRAME_LENGTH_MS = 25.0
 FRAME_SHIFT_MS = 10.0
 
 
-class FeatureError(Exception):
+class FeatureError(ValueError):
     pass
 
 
@@ -119,8 +119,11 @@ def extract_job(data_dir: str, out_dir: str, nj: int, job: int, *, resample_ok: 
     return {"utts": len(frames), "skipped": len(skips)}
 
 
-def merge(data_dir: str, out_dir: str, nj: int, *, max_skip_ratio: float = 0.05) -> dict:
-    """Join the nj shards into feats.scp/utt2num_frames and copy the per-utt files (filtered)."""
+def merge(data_dir: str, out_dir: str, nj: int, *, max_skip_ratio: float = 0.05, strict: bool = False) -> dict:
+    """Join the nj shards into feats.scp/utt2num_frames and copy the per-utt files (filtered).
+
+    Utterances whose audio failed are dropped (listed in <out_dir>/skipped, counted in the scores) up to
+    ``max_skip_ratio``; ``strict`` (test sets): any failure stops, so that a test set never shrinks silently."""
     feats: dict[str, str] = {}
     frames: dict[str, str] = {}
     skips: dict[str, str] = {}
@@ -140,6 +143,11 @@ def merge(data_dir: str, out_dir: str, nj: int, *, max_skip_ratio: float = 0.05)
     n_in = len(read_kv(os.path.join(data_dir, "wav.scp")))
     if not feats:
         raise FeatureError(f"{out_dir}: no utterance produced features ({len(skips)} skipped; see skipped)")
+    if strict and skips:
+        listed = "; ".join(f"{u}: {why}" for u, why in list(skips.items())[:5])
+        raise FeatureError(f"{out_dir}: {len(skips)}/{n_in} utterances of this test set failed feature extraction "
+                           f"({listed}{' ...' if len(skips) > 5 else ''}). A test set does not shrink silently: fix or "
+                           "remove those files, or accept the smaller set with --allow_test_skips")
     if len(skips) > max_skip_ratio * n_in:
         raise FeatureError(f"{out_dir}: {len(skips)}/{n_in} utterances failed feature extraction (more than "
                            f"{max_skip_ratio:.0%}); first: {next(iter(skips.items()))}")

@@ -109,14 +109,17 @@ def pack_model(exp_dir: str, out_dir: str, *, cmvn: str | None = None, llm_sourc
 class Wav2PromptPipeline:
     """A trained speech-prompt model + its frozen LLM, ready to run tasks on audio."""
 
-    def __init__(self, model, llm, conf: dict | None = None, decode: dict | None = None):
+    def __init__(self, model, llm, conf: dict | None = None, decode: dict | None = None, *,
+                 max_seconds: float = 60.0):
         self.model, self.llm = model.eval(), llm
         self.conf = conf or {}
         self.decode = dict({"beam": 5, "repetition_penalty": 1.5}, **(decode or {}))
+        # the encoder's self-attention grows with the square of the length: longer audio is refused, not run
+        self.max_seconds = float(max_seconds)
 
     @classmethod
     def from_pretrained(cls, model_dir: str, *, llm=None, llm_source: str | None = None,
-                        device: str = "cpu") -> "Wav2PromptPipeline":
+                        device: str = "cpu", max_seconds: float = 60.0) -> "Wav2PromptPipeline":
         if not os.path.isdir(model_dir):
             raise FileNotFoundError(f"{model_dir}: not a directory (give a dir written by w2p.bin.pack_model)")
         missing = [f for f in PACK_FILES if not os.path.isfile(os.path.join(model_dir, f))]
@@ -143,7 +146,7 @@ class Wav2PromptPipeline:
         if os.path.isfile(dp):
             with open(dp) as f:
                 decode = json.load(f)
-        return cls(model, llm, conf, decode)
+        return cls(model, llm, conf, decode, max_seconds=max_seconds)
 
     # -- audio -> prompt vectors -------------------------------------------------------------------------------
     @staticmethod
@@ -187,7 +190,15 @@ class Wav2PromptPipeline:
     def prompts(self, wavs: list) -> list[torch.Tensor]:
         from w2p.decode import pad_feats
 
-        feats, lens = pad_feats([self.features(w) for w in wavs])
+        mats = [self.features(w) for w in wavs]
+        for w, m in zip(wavs, mats):
+            sec = m.shape[0] * 0.01
+            if sec > self.max_seconds:
+                name = w if isinstance(w, (str, os.PathLike)) else "<array>"
+                raise ValueError(f"{name}: {sec:.1f} s of audio, over the limit of {self.max_seconds:g} s (memory grows "
+                                 "with the square of the length): split it into shorter segments, or raise "
+                                 "max_seconds")
+        feats, lens = pad_feats(mats)
         dev = next(self.model.parameters()).device
         return self.model.prompts(feats.to(dev), lens.to(dev)).vectors
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -40,6 +41,10 @@ def atomic_path(path: str, *, suffix: str = ""):
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+    # temporaries of this destination left by a killed run or a full disk (one writer per file)
+    for old in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(os.path.basename(path))}.*{TMP_MARK}*")):
+        with contextlib.suppress(OSError):
+            os.unlink(old)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_MARK + suffix, dir=parent)
     os.close(fd)
     try:
@@ -108,9 +113,13 @@ def atomic_dir(dest: str, *, replace: bool = False):
 def read_kv_lines(path: str) -> list[tuple[str, str]]:
     """``(key, value)`` per line, ``("", "")`` for a blank line (the validator reports positions)."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.rstrip("\n")
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\n")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start}); convert the file to "
+                                 "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
             if not line.strip():
                 out.append(("", ""))
                 continue

@@ -110,6 +110,7 @@ def score_decode_dir(decode_dir: str, task: str) -> dict:
     if os.path.isfile(timing_p):
         with open(timing_p) as f:
             tm = json.load(f)
+        scores["n_dropped"] = int(tm.get("n_dropped", 0))
         if tm.get("audio_sec"):
             scores["rtf"] = round(tm["decode_sec"] / tm["audio_sec"], 4)
     write_atomic(os.path.join(decode_dir, "scores.json"), json.dumps(scores, indent=1) + "\n")
@@ -159,12 +160,17 @@ def results_markdown(results: dict[str, dict[str, dict]], *, system_labels: dict
             lines.append("| " + " | ".join([labels.get(system, system)] +
                                            [_fmt(r.get(t, {}).get("echo")) for t in echo_tasks]) + " |")
     per_task: dict[str, set] = {}
+    dropped: dict[str, set] = {}
     for r in results.values():
         for t, v in r.items():
             per_task.setdefault(t, set()).add(v.get("n_utts"))
+            if v.get("n_dropped"):
+                dropped.setdefault(t, set()).add(v["n_dropped"])
     if per_task:
         lines += ["", "Test utterances scored per task: " + ", ".join(
-            f"{t} {'/'.join(str(n) for n in sorted(ns, key=str))}" for t, ns in per_task.items()) + "."]
+            f"{t} {'/'.join(str(n) for n in sorted(ns, key=str))}" for t, ns in per_task.items()) + "; dropped "
+            "from the test sets because their audio failed in stage 2: " + (", ".join(
+                f"{t} {'/'.join(str(n) for n in sorted(ns))}" for t, ns in dropped.items()) or "none") + "."]
     for n in notes or []:
         lines += ["", n]
     for fig in figures or []:

@@ -27,6 +27,7 @@ import sys
 
 import yaml
 
+from w2p.errors import cli_main, nonnegative_int, positive_int
 from w2p.io import write_atomic
 from w2p.models.fewshot import INTENT_SET_FIELD, TASK_FIELD
 from w2p.tasks import TASKS, intents_prompt
@@ -153,19 +154,20 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_sets", nargs="+", required=True, help="task dump dirs (dump/fbank/<task>_fewshot)")
     p.add_argument("--tasks", nargs="+", default=None, help="task of each set (default: from the set names)")
     p.add_argument("--output_dir", required=True, help="exp dir of the fine-tuned system")
-    p.add_argument("--n_valid", type=int, default=12, help="utterances per task held out for validation")
+    p.add_argument("--n_valid", type=positive_int, default=12, help="utterances per task held out for validation")
     p.add_argument("--llm_lora", default=None, choices=["true", "false"],
                    help="also train LoRA adapters on the LLM (peft; base weights stay frozen)")
     p.add_argument("--llm", default=None, help="LLM source (default: the config's / initial system's)")
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint.pt")
-    p.add_argument("--ngpu", type=int, default=0, help="GPUs (0 = CPU)")
-    p.add_argument("--nproc", type=int, default=0, help="processes per node")
-    p.add_argument("--seed", type=int, default=0, help="seed of the validation hold-out")
+    p.add_argument("--ngpu", type=nonnegative_int, default=0, help="GPUs (0 = CPU)")
+    p.add_argument("--nproc", type=nonnegative_int, default=0, help="processes per node")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the validation hold-out")
     p.add_argument("--only_with_lora", action="store_true",
                    help="do nothing (exit 0) unless LoRA is on (recipe: the cascade's few-shot variant)")
     return p
 
 
+@cli_main
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = get_parser().parse_known_args(argv)

@@ -16,19 +16,7 @@ import logging
 import os
 import sys
 
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return v
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
+from w2p.errors import cli_main, positive_float, positive_int
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -42,11 +30,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--intents", default=None, help="comma-separated intent labels for slu, or a file, one per line")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                    help="any other template variable (repeatable)")
-    p.add_argument("--beam", type=_positive(int), default=None, help="beam width (default: the pack's decode.json)")
-    p.add_argument("--repetition_penalty", type=_positive(float), default=None, help="1.0 = none")
-    p.add_argument("--max_new_tokens", type=_positive(int), default=None)
+    p.add_argument("--beam", type=positive_int, default=None, help="beam width (default: the pack's decode.json)")
+    p.add_argument("--repetition_penalty", type=positive_float, default=None, help="1.0 = none")
+    p.add_argument("--max_new_tokens", type=positive_int, default=None)
     p.add_argument("--llm", default=None, help="override the LLM named in the packed llm.json")
-    p.add_argument("--batch_size", type=_positive(int), default=8)
+    p.add_argument("--batch_size", type=positive_int, default=8)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     return p
 
@@ -68,6 +56,7 @@ def read_wav_scp(path: str) -> list[tuple[str, str]]:
     return out
 
 
+@cli_main
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

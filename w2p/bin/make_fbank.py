@@ -12,15 +12,17 @@ import os
 import sys
 
 from w2p import features
+from w2p.errors import cli_main, nonnegative_float, nonnegative_int, positive_int
 
 
+@cli_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data_dir", required=True, help="root holding data/<set>")
     ap.add_argument("--dump_dir", required=True, help="root for dump/fbank/<set>")
     ap.add_argument("--sets", nargs="+", required=True)
-    ap.add_argument("--nj", type=int, default=1)
-    ap.add_argument("--job", type=int, default=0, help="1..nj; 0 = run every job here, then merge")
+    ap.add_argument("--nj", type=positive_int, default=1)
+    ap.add_argument("--job", type=nonnegative_int, default=0, help="1..nj; 0 = run every job here, then merge")
     ap.add_argument("--merge", action="store_true", help="merge the nj shards of each set")
     ap.add_argument("--resample", default="true", choices=["true", "false"],
                     help="resample audio whose rate is not 16 kHz (false: such files are errors)")
@@ -30,7 +32,10 @@ def main(argv=None) -> int:
     ap.add_argument("--allow_scp_pipes", action="store_true",
                     help="let the CMVN pass read feats.scp entries that are shell commands (Kaldi 'cmd |' pipes): "
                     "those commands are RUN; only for a feats.scp you wrote yourself")
-    ap.add_argument("--max_skip_ratio", type=float, default=0.05, help="merge fails above this skipped fraction")
+    ap.add_argument("--allow_test_skips", action="store_true",
+                    help="let sets whose name contains 'test' drop utterances whose audio fails (by default any "
+                    "failure in a test set stops stage 2; dropped utterances are counted in RESULTS.md)")
+    ap.add_argument("--max_skip_ratio", type=nonnegative_float, default=0.05, help="merge fails above this skipped fraction")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.nj < 1 or not 0 <= a.job <= a.nj:
@@ -43,7 +48,8 @@ def main(argv=None) -> int:
     if a.merge or a.job == 0:
         for s in a.sets:
             src, dst = os.path.join(a.data_dir, s), os.path.join(a.dump_dir, s)
-            summary = features.merge(src, dst, a.nj, max_skip_ratio=a.max_skip_ratio)
+            summary = features.merge(src, dst, a.nj, max_skip_ratio=a.max_skip_ratio,
+                                     strict="test" in s and not a.allow_test_skips)
             logging.info("%s: %s", dst, json.dumps(summary))
         if a.cmvn_set:
             scp = os.path.join(a.dump_dir, a.cmvn_set, "feats.scp")

@@ -8,15 +8,18 @@ import argparse
 import json
 import sys
 
+from w2p.errors import cli_main, positive_float, positive_int
 
+
+@cli_main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp_dir", required=True, help="trained system dir (config.yaml + model.pt)")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--cmvn", default=None, help="cmvn.npz (default: the path in the model config)")
     p.add_argument("--llm", default=None, help="LLM reference to record (default: the config's llm)")
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--repetition_penalty", type=float, default=1.5)
+    p.add_argument("--beam", type=positive_int, default=5)
+    p.add_argument("--repetition_penalty", type=positive_float, default=1.5)
     args = p.parse_args(argv)
     from w2p.infer import pack_model
 

@@ -20,6 +20,8 @@ import shutil
 import sys
 import tempfile
 
+from w2p.errors import cli_main, positive_int
+
 log = logging.getLogger("w2p.prepare_llm")
 
 
@@ -32,7 +34,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--sets", nargs="*", default=None, help="sets to tokenise (default: all with a text file)")
     p.add_argument("--train_set", default="train", help="set whose transcripts train the BPE model")
     p.add_argument("--bpe_dir", default="data/lang/bpe", help="output dir of the sentencepiece model")
-    p.add_argument("--nbpe", type=int, default=500, help="BPE vocabulary size")
+    p.add_argument("--nbpe", type=positive_int, default=500, help="BPE vocabulary size")
     p.add_argument("--bpe_type", default="bpe", choices=["bpe", "unigram", "char"],
                    help="sentencepiece model type (char: one piece per character; nbpe is then an upper bound)")
     p.add_argument("--no_bpe", action="store_true", help="skip the BPE model")
@@ -76,6 +78,7 @@ def train_bpe(text_file: str, bpe_dir: str, nbpe: int, model_type: str) -> str:
     return os.path.join(bpe_dir, "bpe.model")
 
 
+@cli_main
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from w2p.errors import cli_main, nonnegative_int, positive_float, positive_int
 from w2p.io import write_atomic, write_json
 from w2p.tasks import get_task
 
@@ -33,23 +34,24 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", default=None, help="default: <model_dir>/readout_<set>")
     p.add_argument("--checkpoint", default=None, help="weights to load (default model_dir/model.pt)")
     p.add_argument("--llm", default=None, help="LLM source (default: the one in config.yaml)")
-    p.add_argument("--batch_frames", type=int, default=40000)
-    p.add_argument("--max_utts", type=int, default=0, help="only the first N utterances (0 = all)")
+    p.add_argument("--batch_frames", type=positive_int, default=40000)
+    p.add_argument("--max_utts", type=nonnegative_int, default=0, help="only the first N utterances (0 = all)")
     p.add_argument("--repeat", action="store_true", help="also run 'repeat after me' generation and WER")
     p.add_argument("--gold", action="store_true", help="with --repeat: also the WER with the true text prompt")
     p.add_argument("--template", default=get_task("asr").template,
                    help="repeat template with a {speech} slot (default: the ASR task's)")
-    p.add_argument("--num_beams", type=int, default=5)
-    p.add_argument("--repetition_penalty", type=float, default=1.0,
+    p.add_argument("--num_beams", type=positive_int, default=5)
+    p.add_argument("--repetition_penalty", type=positive_float, default=1.0,
                    help="1.0 for repeating: a sentence may legitimately repeat words")
-    p.add_argument("--max_new_tokens", type=int, default=48)
+    p.add_argument("--max_new_tokens", type=positive_int, default=48)
     p.add_argument("--allow_scp_pipes", action="store_true",
                    help="read feats.scp entries that are shell commands (Kaldi 'cmd |' pipes): those commands are RUN; "
                    "only for a feats.scp you wrote yourself")
-    p.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--num_threads", type=nonnegative_int, default=0, help="torch CPU threads (0 = torch default)")
     return p
 
 
+@cli_main
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+from w2p.errors import cli_main, nonnegative_int
+
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="w2p.bin.train", description=__doc__,
@@ -30,9 +32,9 @@ def get_parser() -> argparse.ArgumentParser:
                    "file.gguf")
     p.add_argument("--init", default=None, help="initialise matching parameters from this model.pt")
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint.pt if present")
-    p.add_argument("--ngpu", type=int, default=0, help="GPUs per node (0 = CPU)")
-    p.add_argument("--nproc", type=int, default=0, help="processes per node (default: max(1, ngpu))")
-    p.add_argument("--num_threads", type=int, default=0,
+    p.add_argument("--ngpu", type=nonnegative_int, default=0, help="GPUs per node (0 = CPU)")
+    p.add_argument("--nproc", type=nonnegative_int, default=0, help="processes per node (default: max(1, ngpu))")
+    p.add_argument("--num_threads", type=nonnegative_int, default=0,
                    help="torch CPU threads per process (0 = torch default; 1 is much faster than 2 on a busy CPU)")
     return p
 
@@ -48,6 +50,7 @@ def _relaunch(nproc: int, argv: list[str]) -> int:
     return 0
 
 
+@cli_main
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = get_parser().parse_known_args(argv)

@@ -15,7 +15,7 @@ from w2p.io import atomic_path
 _log = logging.getLogger(__name__)
 
 
-class AudioError(Exception):
+class AudioError(ValueError):
     """A bad audio file; the message names the utterance, the file and the fix."""
 
 

@@ -21,7 +21,7 @@ REQUIRED = {"data": ("wav.scp", "text", "utt2spk", "spk2utt"),
 COPY_TO_DUMP = ("text", "utt2spk", "spk2utt", "ref", "question", "slots", "intents", "utt2dur")
 
 
-class DataDirError(Exception):
+class DataDirError(ValueError):
     """Invalid data directory; the message lists every problem found and how to fix it."""
 
 

@@ -67,6 +67,10 @@ def load_checkpoint_file(path: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass
+    except (RuntimeError, EOFError, OSError) as e:  # torch reads a truncated zip archive as a RuntimeError
+        raise RuntimeError(f"{path}: cannot be read ({str(e).splitlines()[0]}); a truncated checkpoint (the run was "
+                           "killed while an older w2p wrote it, or the disk filled)? Remove it to train from the start, "
+                           "or run without --resume") from e
     from numpy._core.multiarray import _reconstruct  # numpy >= 2 (the pinned version)
 
     np_globals = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct]
@@ -295,7 +299,12 @@ class Trainer:
 
     def _load_checkpoint(self):
         ck = load_checkpoint_file(self.ckpt_path)
-        self.model.load_state_dict(ck["model"])
+        try:
+            self.model.load_state_dict(ck["model"])
+        except (RuntimeError, KeyError) as e:
+            raise RuntimeError(f"{self.ckpt_path}: the checkpoint does not fit this config's model (written by a run "
+                               f"with another config?): {str(e).splitlines()[0]}. Train into a new --output_dir, or "
+                               "remove the checkpoint to start over") from e
         self.optim.load_state_dict(ck["optim"])
         self.sched.load_state_dict(ck["sched"])
         self.sampler.load_state_dict(ck["sampler"])
