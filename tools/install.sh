@@ -49,5 +49,6 @@ fi
 # --- the extension: rebuilt incrementally when csrc/ changed ---------------------------
 (cd "$root" && "$venv/bin/python" setup.py -q build_ext --inplace >"$venv/.w2p_build.log" 2>&1) \
   || { cat "$venv/.w2p_build.log" >&2; echo "w2p: extension build failed (log above)" >&2; exit 1; }
-"$venv/bin/python" -c 'import w2p, w2p._C' || { echo "w2p: import w2p._C failed" >&2; exit 1; }
+# through w2p._ext, which imports torch first (w2p._C links against libtorch; "import w2p" does not load torch)
+"$venv/bin/python" -c 'from w2p import _ext; _ext.load()' || { echo "w2p: loading w2p._C failed" >&2; exit 1; }
 log "done: $("$venv/bin/python" -m w2p.info --short)"

@@ -1,9 +1,9 @@
-"""w2p: Wav2Prompt, speech prompts for frozen text LLMs (ESPnet-style toolkit)."""
-from importlib import metadata as _metadata
+"""w2p: Wav2Prompt, speech prompts for frozen text LLMs (ESPnet-style toolkit).
 
-# torch first: the compiled extension w2p._C links against libtorch/libc10, which are
-# only found once torch has been loaded into the process.
-import torch as _torch  # noqa: F401
+Importing the package has no side effects (in particular it does not import torch): the compiled
+extension is loaded through ``w2p._ext.load()``, which imports torch first.
+"""
+from importlib import metadata as _metadata
 
 try:
     # defined once, in pyproject.toml; read back from the installed distribution
