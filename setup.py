@@ -1,13 +1,14 @@
-"""Build and install w2p.
+"""Build the extension ``w2p._C``; everything else about the package is in pyproject.toml.
 
-The extension ``w2p._C`` is always built from the C++ sources under ``csrc/`` (CPU kernels).
+The extension is always built from the C++ sources under ``csrc/`` (CPU kernels).
 The CUDA sources (``csrc/**/gpu/*.cu``) are added only when torch itself was built with CUDA
 and nvcc is available, so CPU-only installs work everywhere (as in fairseq's setup.py).
+torch is imported here, so installs use --no-build-isolation (tools/install.sh).
 """
 import glob
 import os
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -25,7 +26,8 @@ def extension_modules():
     cxx_flags = ["-O3", "-std=c++17"]
     if os.environ.get("W2P_NO_OPENMP") is None:
         cxx_flags.append("-fopenmp")
-    with_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None and os.environ.get("W2P_NO_CUDA") is None
+    with_cuda = (bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None
+                 and os.environ.get("W2P_NO_CUDA") is None)
     if with_cuda:
         return [
             cpp_extension.CUDAExtension(
@@ -45,23 +47,4 @@ def cmdclass():
     return {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 
-setup(
-    name="w2p",
-    version="0.1.0",
-    description="Wav2Prompt: speech prompts for frozen text LLMs (ESPnet-style toolkit)",
-    packages=find_packages(include=["w2p", "w2p.*"]),
-    python_requires=">=3.10",
-    ext_modules=extension_modules(),
-    cmdclass=cmdclass(),
-    entry_points={
-        "console_scripts": [
-            "w2p=w2p.cli:main",
-            "w2p-infer=w2p.bin.infer:main",
-            "w2p-decode=w2p.bin.decode:main",
-            "w2p-score=w2p.bin.score:main",
-            "w2p-pack=w2p.bin.pack_model:main",
-            "w2p-train=w2p.bin.train:main",
-        ]
-    },
-    zip_safe=False,
-)
+setup(ext_modules=extension_modules(), cmdclass=cmdclass())

@@ -1,6 +1,7 @@
-// Python module init for w2p._C.  The ops themselves are registered with TORCH_LIBRARY
-// in their own folders (csrc/<op>/) and reached through torch.ops.w2p.*; this file only
-// reports what was compiled in.
+// Python module init for w2p._C.  The ops live in their own folders (csrc/<op>/: schema with
+// TORCH_LIBRARY_FRAGMENT(w2p, m), kernels with TORCH_LIBRARY_IMPL(w2p, CPU|CUDA, m) in cpu/ and
+// gpu/) and are reached through torch.ops.w2p.*; this file only reports what was compiled in.
+// Load it through w2p._ext.load(), which imports torch (libtorch) first.
 #include <torch/extension.h>
 
 #ifdef _OPENMP

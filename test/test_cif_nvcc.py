@@ -1,7 +1,7 @@
 """Compile-check the CUDA CIF kernels with the machine's nvcc against the installed torch headers.
 
 The CPU torch wheel cannot run them, but a syntax/type/template error must still fail here.
-csrc/shim supplies the two generated headers the CPU wheel lacks; it goes first on the path."""
+test/cuda_shim supplies the two generated headers the CPU wheel lacks; it goes first on the path."""
 import glob
 import os
 import shutil
@@ -11,7 +11,9 @@ import sysconfig
 import pytest
 from torch.utils.cpp_extension import include_paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SHIM = os.path.join(HERE, "cuda_shim")
 
 
 def test_cuda_sources_compile_with_nvcc(tmp_path):
@@ -20,7 +22,8 @@ def test_cuda_sources_compile_with_nvcc(tmp_path):
         pytest.skip("nvcc is not installed on this machine (CUDA toolkit absent)")
     sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "cif", "gpu", "*.cu")))
     assert sources, "no CUDA sources found under csrc/cif/gpu"
-    includes = [os.path.join(ROOT, "csrc", "shim")] + include_paths() + [sysconfig.get_paths()["include"]]
+    assert os.path.isfile(os.path.join(SHIM, "ATen", "cuda", "CUDAConfig.h")), f"{SHIM}: shim headers missing"
+    includes = [SHIM] + include_paths() + [sysconfig.get_paths()["include"]]
     # one invocation for all files: -c with several inputs writes the objects into the cwd
     cmd = [nvcc, "-c", *sources, "-gencode", "arch=compute_90,code=sm_90", "-std=c++17",
            *[f"-I{p}" for p in includes]]

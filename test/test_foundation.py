@@ -9,7 +9,7 @@ from w2p import _ext, info
 
 
 def test_extension_imports_and_reports_backends():
-    from w2p import _C
+    _C = _ext.load()  # the supported path: imports torch (libtorch) before w2p._C
 
     assert _C.cuda_built() == (bool(torch.version.cuda) and _C.cuda_built())
     if not torch.version.cuda:

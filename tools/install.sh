@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent installer for w2p (ESPnet-style): creates tools/venv, installs the pinned
-# dependencies, then w2p itself in editable mode, which builds the C++ (and, with a CUDA
-# torch, the CUDA) extension w2p._C.  Re-running it on a complete venv takes seconds.
+# dependencies, then w2p itself in editable mode (metadata in pyproject.toml), which builds
+# the C++ (and, with a CUDA torch, the CUDA) extension w2p._C.  Re-running it on a complete
+# venv takes seconds.
 set -euo pipefail
 tools=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$tools")
@@ -22,7 +23,8 @@ if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
 fi
 
 # --- python virtualenv with pinned packages ------------------------------------------
-stamp_want=$(cat "$tools/constraints.txt" "$tools/requirements.txt" "$tools/requirements-nodeps.txt" "$root/setup.py" | sha256sum | cut -c1-16)
+stamp_want=$(cat "$tools/constraints.txt" "$tools/requirements.txt" "$tools/requirements-nodeps.txt" "$root/pyproject.toml" \
+  "$root/setup.py" | sha256sum | cut -c1-16)
 stamp_file=$venv/.w2p_deps
 if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"
@@ -47,5 +49,6 @@ fi
 # --- the extension: rebuilt incrementally when csrc/ changed ---------------------------
 (cd "$root" && "$venv/bin/python" setup.py -q build_ext --inplace >"$venv/.w2p_build.log" 2>&1) \
   || { cat "$venv/.w2p_build.log" >&2; echo "w2p: extension build failed (log above)" >&2; exit 1; }
-"$venv/bin/python" -c 'import w2p, w2p._C' || { echo "w2p: import w2p._C failed" >&2; exit 1; }
+# through w2p._ext, which imports torch first (w2p._C links against libtorch; "import w2p" does not load torch)
+"$venv/bin/python" -c 'from w2p import _ext; _ext.load()' || { echo "w2p: loading w2p._C failed" >&2; exit 1; }
 log "done: $("$venv/bin/python" -m w2p.info --short)"

@@ -74,7 +74,6 @@ __all__ = [
     "cif_reference_backward",
     "cif_torch",
     "CifWeightPredictor",
-    "quantity_loss",
     "BACKENDS",
 ]
 
@@ -467,7 +466,7 @@ def cif(hidden: Tensor, alphas: Tensor, lengths: Optional[Tensor] = None, *, thr
 
 
 # ----------------------------------------------------------------------------------------------
-# weight predictor and quantity loss
+# weight predictor
 # ----------------------------------------------------------------------------------------------
 class CifWeightPredictor(nn.Module):
     """Frame weights from encoder states: Conv1d(k) + ReLU + dropout + Linear(idim, 1), then
@@ -492,9 +491,3 @@ class CifWeightPredictor(nn.Module):
         logit = self.proj(self.dropout(x)).squeeze(-1)
         alphas = 0.95 * torch.sigmoid(logit) + 0.05
         return alphas.masked_fill(~mask, 0.0)
-
-
-def quantity_loss(alpha_sum: Tensor, target_lengths: Tensor, threshold: float = 1.0) -> Tensor:
-    """Mean over the batch of ``|sum(alpha) - threshold * U|`` (CIF quantity loss)."""
-    target = torch.as_tensor(target_lengths, device=alpha_sum.device).to(alpha_sum.dtype)
-    return (alpha_sum - threshold * target).abs().mean()

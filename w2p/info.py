@@ -1,4 +1,7 @@
-"""``python -m w2p.info``: versions, compiled backends, default LLM location, espeak-ng."""
+"""Versions, compiled backends, default LLM location, espeak-ng and sox.
+
+    w2p info [--short]        (or python -m w2p.info)
+"""
 from __future__ import annotations
 
 import argparse
@@ -49,7 +52,8 @@ def collect() -> dict:
         if ext.cuda_built():
             info["CUDA kernels"] = "built"
         else:
-            info["CUDA kernels"] = "not built (CPU torch)" if not torch.version.cuda else "not built (no nvcc at build time)"
+            why = "no nvcc at build time" if torch.version.cuda else "CPU torch"
+            info["CUDA kernels"] = f"not built ({why})"
     else:
         info["CPU kernels"] = "not built (run tools/install.sh)"
         info["CUDA kernels"] = "not built"

@@ -13,8 +13,6 @@ keep_freed_memory; --no-malloc-cache to measure with page faults).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -194,7 +192,6 @@ def main(argv=None):
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         raise SystemExit(f"benchmark_cif: unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
-    import w2p  # noqa: F401  (torch first, then the extension)
     from w2p import _ext
 
     _ext.load()
@@ -203,7 +200,8 @@ def main(argv=None):
         key = "x".join(map(str, shape))
         results[key] = {}
         for backend in backends:
-            if backend == "reference" and args.reference_max_frames >= 0 and shape[0] * shape[1] > args.reference_max_frames:
+            too_long = args.reference_max_frames >= 0 and shape[0] * shape[1] > args.reference_max_frames
+            if backend == "reference" and too_long:
                 results[key][backend] = {"skipped": f"B*T > {args.reference_max_frames} (slow loop)"}
                 continue
             repeats = 1 if backend == "reference" else args.repeats

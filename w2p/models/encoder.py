@@ -10,11 +10,17 @@
         model, so CPU configs use fewer channels (e.g. 32).
   conv_norm: "layer_norm" (default) or "batch_norm" (ESPnet's). LayerNorm keeps every utterance independent of
         the rest of the batch, so results do not depend on batch composition or on how a batch is split over
-        processes.
+        processes. With batch_norm that holds in eval mode (running statistics) but not in training, where
+        BatchNorm normalises with the statistics of the whole batch.
   specaug: {freq_mask: F, n_freq: 2, time_mask: T, n_time: 2} or null.
+
+Padding never reaches valid frames (hooks below: exact subsampled lengths, padded frames zeroed before each
+depthwise conv); test/test_encoder.py checks that an utterance gives the same output alone and inside a batch.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 import logging
 import os
 
@@ -125,6 +131,58 @@ def _exact_subsampled_mask(embed, args, output):
     return x, new[:, None, :]
 
 
+def _espnet_version() -> str:
+    try:
+        return importlib.metadata.version("espnet")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
+def _n_positional(fn) -> int:
+    """Number of positional parameters of a bound method (self not counted)."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in kinds for p in inspect.signature(fn).parameters.values())
+
+
+def check_espnet_layout(conformer: nn.Module, conv2d: bool = True) -> None:
+    """Fail by name if the ESPnet ConformerEncoder lacks an attribute that SpeechEncoder patches.
+
+    The patches (hooks on the subsampling and on each block's depthwise conv, replaced conv2d / norm
+    layers) reach into ESPnet internals; an ESPnet release that renames one would otherwise silently
+    lose a patch (e.g. results that depend on batch composition) or fail deep inside a forward pass.
+    """
+    def need(ok: bool, path: str, what: str) -> None:
+        if not ok:
+            raise RuntimeError(
+                f"w2p/models/encoder.py patches ESPnet's ConformerEncoder.{path} ({what}), which espnet "
+                f"{_espnet_version()} does not provide: install the espnet version pinned in "
+                "tools/requirements-nodeps.txt, or update the patches in w2p/models/encoder.py")
+
+    embed = getattr(conformer, "embed", None)
+    need(embed is not None, "embed", "the input layer")
+    if conv2d:
+        need(isinstance(getattr(embed, "conv", None), nn.Sequential), "embed.conv",
+             "the conv2d stack, an nn.Sequential")
+        out = getattr(embed, "out", None)
+        need(isinstance(out, nn.Sequential) and len(out) > 0 and isinstance(out[0], nn.Linear), "embed.out[0]",
+             "the nn.Linear after the conv2d stack")
+        need(_n_positional(embed.forward) >= 2, "embed.forward(x, x_mask)",
+             "called with the padding mask as second argument, returning (x, mask)")
+    encoders = getattr(conformer, "encoders", None)
+    need(encoders is not None, "encoders", "the Conformer blocks")
+    for i, layer in enumerate(encoders):
+        need(hasattr(layer, "conv_module"), f"encoders[{i}].conv_module", "the block's convolution module")
+        need(_n_positional(layer.forward) >= 2, f"encoders[{i}].forward(x, mask)",
+             "called with the padding mask as second argument")
+        conv = layer.conv_module
+        if conv is None:  # use_cnn_module: false
+            continue
+        need(isinstance(getattr(conv, "depthwise_conv", None), nn.Conv1d),
+             f"encoders[{i}].conv_module.depthwise_conv", "an nn.Conv1d over (B, C, T)")
+        need(isinstance(getattr(conv, "norm", None), (nn.BatchNorm1d, _ChannelLayerNorm)),
+             f"encoders[{i}].conv_module.norm", "the BatchNorm1d after the depthwise conv")
+
+
 class SpeechEncoder(nn.Module):
     def __init__(self, cmvn: str | None = None, input_size: int = 80, specaug: dict | None = None,
                  conv_norm: str = "layer_norm", subsampling_channels: int | None = None, **conformer):
@@ -139,6 +197,7 @@ class SpeechEncoder(nn.Module):
         # length, i.e. on batch composition
         conformer.setdefault("rel_pos_type", "latest")
         self.conformer = ConformerEncoder(input_size=input_size, **conformer)
+        check_espnet_layout(self.conformer, conv2d=conformer["input_layer"] == "conv2d")
         if conformer["input_layer"] == "conv2d":
             embed = self.conformer.embed
             d = self.conformer.output_size()
