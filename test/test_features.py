@@ -159,7 +159,8 @@ def test_cmvn_stats_match_numpy(tmp_path):
     features.merge(d, out, 1)
     npz = os.path.join(out, "cmvn.npz")
     features.compute_cmvn(os.path.join(out, "feats.scp"), npz)
-    allf = np.concatenate([f for _, f in kaldiio.load_scp_sequential(os.path.join(out, "feats.scp"))]).astype(np.float64)
+    allf = np.concatenate([f for _, f in kaldiio.load_scp_sequential(os.path.join(out, "feats.scp"))])
+    allf = allf.astype(np.float64)
     st = np.load(npz)
     assert sorted(st.files) == ["count", "sum", "sum_square"]
     assert int(st["count"]) == allf.shape[0]

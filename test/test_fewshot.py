@@ -95,7 +95,8 @@ def test_mixed_task_ce_matches_the_reference(small):
     full-forward oracle on the decoder's prompts, with a cold and a warm prefix cache; gradients reach the speech."""
     llm = small
     torch.manual_seed(0)
-    speech = [torch.randn(5, llm.embed_dim), "hello there", torch.randn(3, llm.embed_dim), torch.randn(7, llm.embed_dim)]
+    D = llm.embed_dim
+    speech = [torch.randn(5, D), "hello there", torch.randn(3, D), torch.randn(7, D)]
     tasks = ["st", "st", "sqa", "sqa"]
     batch = {"utt_ids": ["a", "b", "c", "d"], "question": ["", "", "Who is it?", "Where is the big red house now?"]}
     templates, fields = batch_prompts(batch, tasks)

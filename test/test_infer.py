@@ -73,7 +73,6 @@ def test_python_api_tasks_and_custom_template(packed, wavs, llm):
 
     out, model = packed
     pipe = Wav2PromptPipeline.from_pretrained(out, llm=llm)
-    from w2p.models.wav2prompt import Wav2Prompt
 
     _, paths = wavs
     # same prompt vectors as the unpacked model

@@ -4,8 +4,7 @@ import os
 import pytest
 import torch
 
-from w2p import llm as llm_mod
-from w2p.llm import DEFAULT_LLM, FrozenLLM, resolve_llm
+from w2p.llm import DEFAULT_LLM, resolve_llm
 
 TEMPLATE = "Repeat the following sentence exactly.\n{speech}"
 

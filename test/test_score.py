@@ -1,6 +1,5 @@
 """Metrics (jiwer / sacreBLEU wrappers, accuracies), decode-dir scoring and the RESULTS.md table."""
 import json
-import os
 
 import pytest
 

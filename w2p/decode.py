@@ -193,7 +193,8 @@ def choice_scores(llm, template: str, speech: list, candidates: list[str], *, ch
     return torch.cat(scores, 0)
 
 
-def calibrate_scores(llm, scores: torch.Tensor, mode: str, template: str, candidates: list[str], **fields) -> torch.Tensor:
+def calibrate_scores(llm, scores: torch.Tensor, mode: str, template: str, candidates: list[str],
+                     **fields) -> torch.Tensor:
     """Remove the LLM's per-label prior from (N, K) candidate log-probabilities.
 
     content_free: subtract the label's log-probability given the content-free text input (Zhao et al. 2021);

@@ -195,8 +195,8 @@ class Wav2PromptPipeline:
             sec = m.shape[0] * 0.01
             if sec > self.max_seconds:
                 name = w if isinstance(w, (str, os.PathLike)) else "<array>"
-                raise ValueError(f"{name}: {sec:.1f} s of audio, over the limit of {self.max_seconds:g} s (memory grows "
-                                 "with the square of the length): split it into shorter segments, or raise "
+                raise ValueError(f"{name}: {sec:.1f} s of audio, over the limit of {self.max_seconds:g} s (memory "
+                                 "grows with the square of the length): split it into shorter segments, or raise "
                                  "max_seconds")
         feats, lens = pad_feats(mats)
         dev = next(self.model.parameters()).device

@@ -35,7 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--allow_test_skips", action="store_true",
                     help="let sets whose name contains 'test' drop utterances whose audio fails (by default any "
                     "failure in a test set stops stage 2; dropped utterances are counted in RESULTS.md)")
-    ap.add_argument("--max_skip_ratio", type=nonnegative_float, default=0.05, help="merge fails above this skipped fraction")
+    ap.add_argument("--max_skip_ratio", type=nonnegative_float, default=0.05,
+                    help="merge fails above this skipped fraction")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.nj < 1 or not 0 <= a.job <= a.nj:

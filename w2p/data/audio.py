@@ -102,8 +102,10 @@ def load_audio(path: str, *, target_sr: int = 16000, resample_ok: bool = True, u
     except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError/TypeError depending on the damage
         hint = ""
         if path.lower().endswith(".mp3") and "MP3" not in sf.available_formats():
-            hint = " Your libsndfile cannot decode mp3: install soundfile>=0.12 (bundles libsndfile>=1.1) or convert with sox/ffmpeg."
-        raise AudioError(f"{_where(path, utt)}: cannot decode audio ({e}). The file is corrupt or not audio.{hint}") from e
+            hint = (" Your libsndfile cannot decode mp3: install soundfile>=0.12 (bundles libsndfile>=1.1) or convert "
+                    "with sox/ffmpeg.")
+        raise AudioError(f"{_where(path, utt)}: cannot decode audio ({e}). The file is corrupt or not audio.{hint}") \
+            from e
     x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     if len(x) < min_samples:
         raise AudioError(f"{_where(path, utt)}: audio too short ({len(x)} samples at {sr} Hz; need >= "

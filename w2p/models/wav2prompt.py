@@ -58,8 +58,8 @@ class Wav2Prompt(AbsW2PModel):
 
     def __init__(self, llm, encoder: dict | None = None, cif: dict | None = None, proj_hidden: int = 0,
                  mse_weight: float = 1.0, qua_weight: float = 1.0, ctc_weight: float = 0.0, ce_weight: float = 0.0,
-                 bpe_vocab: int | None = None, bpe_model: str | None = None, ce_task: str = "asr", ce_target: str = "text",
-                 ce_template: str | None = None,
+                 bpe_vocab: int | None = None, bpe_model: str | None = None, ce_task: str = "asr",
+                 ce_target: str = "text", ce_template: str | None = None,
                  ce_fields: list[str] | None = None, ctc_warmup_steps: int = 0, tok_weight: float = 0.0,
                  tok_temperature: float = 0.1):
         super().__init__()

@@ -68,9 +68,9 @@ def load_checkpoint_file(path: str) -> dict:
     except pickle.UnpicklingError:
         pass
     except (RuntimeError, EOFError, OSError) as e:  # torch reads a truncated zip archive as a RuntimeError
-        raise RuntimeError(f"{path}: cannot be read ({str(e).splitlines()[0]}); a truncated checkpoint (the run was "
-                           "killed while an older w2p wrote it, or the disk filled)? Remove it to train from the start, "
-                           "or run without --resume") from e
+        raise RuntimeError(f"{path}: cannot be read ({str(e).splitlines()[0]}); a truncated checkpoint (the run "
+                           "was killed while an older w2p wrote it, or the disk filled)? Remove it to train from the "
+                           "start, or run without --resume") from e
     from numpy._core.multiarray import _reconstruct  # numpy >= 2 (the pinned version)
 
     np_globals = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct]
