@@ -22,7 +22,7 @@ LAYERS = [  # (layer, module prefixes); the longest matching prefix decides
     (4, ["w2p.train"]),
     (5, ["w2p.decode", "w2p.infer"]),
     (6, ["w2p.score", "w2p.plots"]),
-    (7, ["w2p.bin", "w2p.cli", "w2p.info"]),
+    (7, ["w2p.bin", "w2p.cli", "w2p.info", "w2p.__main__"]),
 ]
 NAMES = ["base I/O", "data", "features", "model", "train", "decode", "score", "entry points"]
 
