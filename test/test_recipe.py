@@ -1,4 +1,5 @@
-"""Recipe shell layer: run.pl / slurm.pl, option parsing, stages 0-2 end to end through run.sh."""
+"""Recipe shell layer: run.pl / slurm.pl, option parsing, stages 0-2 end to end through run.sh (each recipe's
+local/data.sh), the mini_en corpus generator (w2p.synth)."""
 import os
 import re
 import subprocess
@@ -71,13 +72,39 @@ def test_template_has_one_delimited_block_per_stage():
                          src), n
 
 
+def test_template_knows_no_corpus():
+    """Stages 0-1 are the recipe's local/data.sh: the template has no corpus option, no corpus branch and calls
+    no corpus-specific code."""
+    src = open(os.path.join(ROOT, "egs", "TEMPLATE", "w2p1", "w2p.sh")).read()
+    lines = [line.split("#")[0] for line in src.splitlines()]  # comments may name recipes
+    code = "\n".join(lines)
+    assert not re.search(r"^\s*corpus(_dir)?=|\$\{?corpus", code, re.M)
+    branches = [x for x in lines if re.search(r"\b(if|elif|case)\b|\[ |&&|\|\|", x)]
+    assert not [x for x in branches if re.search(r"mini_en|librispeech|covost|slurp|MINI_EN|LIBRISPEECH", x, re.I)]
+    for name in ("w2p.synth", "synth_mini_en", "prepare_data", "espeak"):
+        assert name not in code, name
+    assert code.count("local/data.sh \"$@\"") == 1 and "local_data --stage 0 --stop_stage 0" in code
+    for recipe in (MINI, LIBRI):
+        assert os.access(os.path.join(recipe, "local", "data.sh"), os.X_OK), recipe
+
+
+def test_missing_local_data_sh_is_a_clear_error(tmp_path):
+    r = tmp_path / "recipe"
+    r.mkdir()
+    for f in ("cmd.sh", "utils", "w2p.sh"):
+        os.symlink(os.path.join(MINI, f), r / f)
+    (r / "path.sh").write_text(": # the test's python is on PATH already\n")
+    p = sh("./w2p.sh --stop_stage 0", cwd=str(r))
+    assert p.returncode != 0 and "local/data.sh missing" in p.stderr
+
+
 def _feats(dump, s):
     return dict(kaldiio.load_scp(os.path.join(dump, "fbank", s, "feats.scp")))
 
 
 def test_mini_en_stages_0_to_2_end_to_end(tmp_path):
     c, d, u = tmp_path / "corpus", tmp_path / "data", tmp_path / "dump"
-    base = f"./run.sh --nj 2 --max_utts 3 --corpus_dir {c} --datadir {d} --dumpdir {u}"
+    base = f"./run.sh --nj 2 --max_utts 3 --local_data_opts '--corpus_dir {c}' --datadir {d} --dumpdir {u}"
     # missing inputs name the stage to run
     p = sh(f"{base} --stage 1 --stop_stage 1", cwd=MINI)
     assert p.returncode != 0 and "run stage 0 first" in p.stderr
@@ -109,7 +136,7 @@ def test_synth_reuses_wavs_and_refuses_a_corpus_made_with_other_options(tmp_path
     import pytest
     import soundfile as sf
 
-    from w2p.bin import synth_mini_en
+    from w2p.synth import make_corpus as synth_mini_en
 
     c = str(tmp_path / "corpus")
     assert synth_mini_en.main(["--corpus", c, "--max_utts", "1"]) == 0
@@ -128,6 +155,61 @@ def test_synth_reuses_wavs_and_refuses_a_corpus_made_with_other_options(tmp_path
         synth_mini_en.main(["--corpus", c, "--max_utts", "1", "--finalize"])
     with pytest.raises(SystemExit, match="remove"):
         synth_mini_en.main(["--corpus", c, "--max_utts", "2"])
+
+
+def _manifests(corpus):
+    """{set: [records]} of a synthesised corpus, wav paths relative to it (two corpus dirs compare equal)."""
+    import json
+
+    out = {}
+    for f in sorted(os.listdir(corpus)):
+        if f.endswith(".jsonl"):
+            recs = [json.loads(x) for x in open(os.path.join(corpus, f))]
+            for r in recs:
+                r["wav"] = os.path.relpath(r["wav"], corpus)
+            out[f[:-6]] = recs
+    return out
+
+
+def test_generator_is_deterministic_across_runs_and_job_splits(tmp_path):
+    """The corpus is a function of the seed: two runs (split over 1 and over 3 jobs) give the same manifests and
+    the same audio, and the manifests follow the corpus conventions."""
+    import json
+
+    import soundfile as sf
+
+    from w2p.synth import espeak, mini_en
+    from w2p.synth import make_corpus as mk
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert mk.main(["--corpus", a, "--max_utts", "2", "--seed", "5"]) == 0
+    for j in (1, 2, 3):
+        assert mk.main(["--corpus", b, "--max_utts", "2", "--seed", "5", "--nj", "3", "--job", str(j)]) == 0
+    for c in (a, b):
+        assert mk.main(["--corpus", c, "--max_utts", "2", "--seed", "5", "--finalize"]) == 0
+    ma, mb = _manifests(a), _manifests(b)
+    assert ma == mb and set(ma) == set(mini_en.ALL_SETS)
+    for s, recs in ma.items():
+        assert open(os.path.join(a, recs[0]["wav"]), "rb").read() == open(os.path.join(b, recs[0]["wav"]), "rb").read()
+        assert len(recs) == 2
+        for r in recs:
+            assert re.fullmatch(rf"{re.escape(r['spk'])}-{s}-\d{{5}}", r["id"]) and r["wav"] == f"wav/{s}/{r['id']}.wav"
+            assert r["spk"] == espeak.speaker_id(r["voice"], r["variant"]) and r["voice"] in espeak.VOICES
+            assert espeak.SPEED[0] <= r["speed"] <= espeak.SPEED[1] and espeak.PITCH[0] <= r["pitch"] <= espeak.PITCH[1]
+            assert re.fullmatch(r"[A-Z][A-Za-z' ]+\??", r["text"]), r["text"]
+            assert abs(sf.info(os.path.join(a, r["wav"])).duration - r["dur"]) < 1e-3
+            if s in mini_en.ASR_SETS:  # ASR sets mix the families: no task references
+                assert not {"ref", "question", "slots"} & set(r)
+            else:
+                assert r["ref"] and r["family"].split("_")[0] == s.split("_")[0]
+    assert all(r["ref"] in mini_en.INTENTS and isinstance(r["slots"], dict) for r in ma["slu_test"])
+    assert all(r["question"].endswith("?") for r in ma["sqa_test"] + ma["sqa_fewshot"])
+    ids = [r["id"] for recs in ma.values() for r in recs]
+    assert len(ids) == len(set(ids)) == 22
+    assert open(os.path.join(a, "intents")).read().split() == list(mini_en.INTENTS)
+    assert json.load(open(os.path.join(a, "stats.json")))["seed"] == 5
+    other = mk.plan(6, 2, str(tmp_path / "c"))  # another seed: another corpus
+    assert [u["item"].text for u in other] != [u["item"].text for u in mk.plan(5, 2, a)]
 
 
 def test_librispeech_recipe_on_fixture_corpora(tmp_path):

@@ -22,9 +22,7 @@ ngpu=0               # GPUs per training job (0 = CPU)
 seed=0               # global seed (corpus generation, training)
 python=python        # python of tools/venv (path.sh activates it)
 
-# Corpus / data
-corpus=mini_en       # mini_en (synthesised with espeak-ng) or librispeech (local corpora from db.sh)
-corpus_dir=corpus    # mini_en: where stage 0 writes wavs + manifests
+# Corpus / data (stages 0-1 run the recipe's local/data.sh: the corpus is the recipe's business)
 max_utts=0           # cap every set at this many utterances (0 = full corpus; for quick tests)
 datadir=data         # Kaldi-style data dirs data/<set>
 dumpdir=dump         # features: ${dumpdir}/fbank/<set>
@@ -34,7 +32,7 @@ valid_set=dev
 test_sets="test"
 tasks="st slu sqqa sqa"   # zero-shot tasks; sets <task>_fewshot and <task>_test
 resample=true        # resample audio that is not 16 kHz (false: such files are errors)
-local_data_opts=""   # extra options for prepare_data (local corpora: paths from db.sh)
+local_data_opts=""   # extra options for local/data.sh (e.g. mini_en: "--corpus_dir corpus")
 
 # LLM and systems (used by stages 3-10)
 llm=smollm2-135m     # frozen LLM: name or local path (w2p.llm.resolve_llm)
@@ -59,14 +57,12 @@ Options (default):
   --nproc ${nproc}            CPU threads per process
   --ngpu ${ngpu}              GPUs for training (0 = CPU)
   --seed ${seed}              global seed
-  --corpus ${corpus}          mini_en | librispeech
-  --corpus_dir ${corpus_dir}  synthesised corpus dir (mini_en)
   --max_utts ${max_utts}      cap each set (0 = full; for quick tests)
   --datadir ${datadir} --dumpdir ${dumpdir} --expdir ${expdir}
   --train_set ${train_set} --valid_set ${valid_set} --test_sets "${test_sets}"
   --tasks "${tasks}"          zero-shot tasks (sets <task>_fewshot, <task>_test)
   --resample ${resample}      resample non-16 kHz audio (false: error)
-  --local_data_opts "..."     extra prepare_data options (local corpus paths)
+  --local_data_opts "${local_data_opts}"  extra options for local/data.sh (stages 0-1)
   --llm ${llm}                frozen LLM
   --train_config ${train_config}
   --ce_config "${ce_config}"  layer over train_config for stage 4's CE phase ("" = no CE phase)
@@ -105,30 +101,29 @@ validate() {
   ${python} -m w2p.bin.validate_data_dir --kind "${kind}" --hint "${hint}" "${dirs[@]}" >/dev/null
 }
 prefixed() { local p=$1; shift; for s in "$@"; do echo -n "${p}/${s} "; done; }
+# Stages 0-1: the recipe's own corpus preparation, local/data.sh (the template knows no corpus). Every recipe's
+# script takes these options; ${local_data_opts} come last, so they can add or override.
+local_data() {
+  [ -x local/data.sh ] || {
+    echo "$0: $(pwd)/local/data.sh missing or not executable: a recipe prepares its corpus there (stages 0-1;" \
+      "see egs/mini_en/w2p1/local/data.sh)" >&2; exit 1; }
+  # shellcheck disable=SC2086
+  local/data.sh "$@" --nj ${nj} --seed ${seed} --max_utts ${max_utts} --datadir ${datadir} --sets "${all_sets}" \
+    --python ${python} ${local_data_opts}
+}
 
 # ============================================================================ Stage 0: corpus
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
-  if [ "${corpus}" = mini_en ]; then
-    log "Stage 0: synthesise the mini_en corpus with espeak-ng into ${corpus_dir} (nj=${nj})"
-    ${cmd} JOB=1:${nj} ${corpus_dir}/log/synth.JOB.log \
-      ${python} -m w2p.bin.synth_mini_en --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} --nj ${nj} --job JOB
-    ${python} -m w2p.bin.synth_mini_en --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} --finalize
-  else
-    log "Stage 0: check the local corpora named in db.sh"
-    # shellcheck disable=SC2086
-    ${python} -m w2p.bin.prepare_data --corpus ${corpus} --sets ${all_sets} --check_only ${local_data_opts}
-  fi
+  log "Stage 0: corpus (local/data.sh stage 0: synthesise it, or check the local corpora named in db.sh)"
+  local_data --stage 0 --stop_stage 0
 fi
 
 # ============================================================================ Stage 1: data prep
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
-  log "Stage 1: data preparation -> ${datadir}/{$(echo ${all_sets} | tr ' ' ,)}"
-  if [ "${corpus}" = mini_en ] && [ ! -f "${corpus_dir}/stats.json" ]; then
-    echo "$0: ${corpus_dir}/stats.json missing: the corpus is not synthesised; run stage 0 first" >&2; exit 1
-  fi
-  # shellcheck disable=SC2086
-  ${python} -m w2p.bin.prepare_data --corpus ${corpus} --src ${corpus_dir} --out ${datadir} \
-    --sets ${all_sets} --max_utts ${max_utts} ${local_data_opts}
+  log "Stage 1: data preparation (local/data.sh stage 1) -> ${datadir}/{$(echo ${all_sets} | tr ' ' ,)}"
+  local_data --stage 1 --stop_stage 1
+  # shellcheck disable=SC2046
+  validate data "local/data.sh stage 1 wrote an invalid data dir" $(prefixed ${datadir} ${all_sets})
 fi
 
 # ============================================================================ Stage 2: fbank + CMVN

@@ -5,7 +5,6 @@ set -u
 set -o pipefail
 
 ./w2p.sh \
-  --corpus mini_en \
   --train_set train --valid_set dev --test_sets "test" \
   --tasks "st slu sqqa sqa" \
   --llm smollm2-135m \

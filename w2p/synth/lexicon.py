@@ -467,18 +467,8 @@ def starts_vowel(w: str) -> bool:
     return bool(w) and w[0].lower() in VOWELS_FR and w.lower() not in NO_ELISION
 
 
-def elide(word: str, nxt: str) -> str:
-    """le/la/je/de/ce... before a vowel: l', j', d'; returns word + separator glued to nxt."""
-    if starts_vowel(nxt):
-        if word in ("le", "la"):
-            return "l'"
-        if word in ("je", "de", "ne", "que"):
-            return word[0] + "'"
-    return word + " "
-
-
 def join_fr(tokens: list[str]) -> str:
-    """Join French tokens applying elision (a token ending in an apostrophe glues to the next)."""
+    """Join French tokens, eliding le/la/je/de before a vowel sound (l'arbre, j'ai, d'or)."""
     out = ""
     for i, t in enumerate(tokens):
         nxt = tokens[i + 1] if i + 1 < len(tokens) else ""

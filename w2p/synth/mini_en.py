@@ -30,7 +30,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from w2p.data import lexicon as L
+from w2p.synth import lexicon as L
 
 ASR_SETS = ("train", "dev", "test")
 TASKS = ("st", "slu", "sqqa", "sqa")
