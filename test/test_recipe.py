@@ -59,7 +59,7 @@ echo 12345; exit $rc
 def test_help_and_option_errors():
     p = sh("./run.sh --help", cwd=MINI, check=True)
     for opt in ("--stage", "--stop_stage", "--nj", "--ngpu", "--nproc", "--seed", "--llm", "--train_config",
-                "--ce_config", "--asr_config", "--encllm_config", "--nomse_config", "--fewshot_config", "--decode_config", "--tasks"):
+                "--ce_config", "--systems_config", "--fewshot_config", "--decode_config", "--tasks"):
         assert opt in p.stdout, opt
     p = sh("./run.sh --no_such_option 1", cwd=MINI)
     assert p.returncode != 0 and "invalid option --no_such_option" in p.stderr
@@ -210,6 +210,58 @@ def test_generator_is_deterministic_across_runs_and_job_splits(tmp_path):
     assert json.load(open(os.path.join(a, "stats.json")))["seed"] == 5
     other = mk.plan(6, 2, str(tmp_path / "c"))  # another seed: another corpus
     assert [u["item"].text for u in other] != [u["item"].text for u in mk.plan(5, 2, a)]
+
+
+def test_stages_4_to_9_follow_the_systems_file(tmp_path):
+    """w2p.sh trains, fine-tunes, decodes and scores exactly the systems of conf/systems.yaml, system X in exp/X.
+    The trainers and decoders are stand-ins that record their arguments; w2p.bin.systems runs for real."""
+    import sys
+
+    calls, exp = tmp_path / "calls", tmp_path / "exp"
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$2" in
+  w2p.bin.systems) exec {sys.executable} "$@" ;;
+  w2p.bin.finetune) echo "$*" >> {calls}
+    [[ " $* " == *" --only_with_lora "* ]] && exit 0  # as without a LoRA config: no model
+    all="$*"; out=${{all##*--output_dir }}; out=${{out%% *}}; mkdir -p $out; touch $out/model.pt ;;
+  *) echo "$*" >> {calls} ;;
+esac
+""")
+    fake.chmod(0o755)
+    sh(f"./run.sh --stage 4 --stop_stage 9 --python {fake} --expdir {exp} --dumpdir {tmp_path}/dump", cwd=MINI,
+       check=True)
+    lines = [x for x in calls.read_text().splitlines() if "validate_data_dir" not in x]
+
+    def arg(line, opt):
+        w = line.split()
+        return w[w.index(opt) + 1]
+
+    train = [x for x in lines if x.startswith("-m w2p.bin.train ")]
+    assert [arg(x, "--output_dir") for x in train] == [
+        f"{exp}/{n}" for n in ("wav2prompt_pre", "wav2prompt", "asr_ctc", "encoder_llm", "wav2prompt_nomse")]
+    assert "--config conf/train_wav2prompt.yaml --llm" in train[0] and "--init" not in train[0]
+    assert "--config conf/train_wav2prompt_ce.yaml" in train[1] and arg(train[1], "--init") == f"{exp}/wav2prompt_pre/model.pt"
+    assert arg(train[2], "--config") == "conf/train_asr_ctc.yaml" and arg(train[2], "--init") == f"{exp}/wav2prompt/model.pt"
+    assert [arg(x, "--init") for x in train[3:]] == [f"{exp}/asr_ctc/model.pt"] * 2
+    assert [arg(x, "--model_dir") for x in lines if "w2p.bin.readout" in x] == [f"{exp}/wav2prompt_pre", f"{exp}/wav2prompt"]
+    ft = [(arg(x, "--output_dir"), arg(x, "--init_exp"), arg(x, "--config")) for x in lines if "w2p.bin.finetune" in x]
+    want = []
+    for t in ("st", "slu", "sqqa", "sqa"):
+        want += [(f"{exp}/wav2prompt_fewshot/{t}", f"{exp}/wav2prompt", "conf/finetune_fewshot.yaml")]
+        want += [(f"{exp}/wav2prompt_fewshot_nomse/st", f"{exp}/wav2prompt", "conf/finetune_fewshot.yaml")] * (t == "st")
+        want += [(f"{exp}/cascade_fewshot/{t}", f"{exp}/asr_ctc", "conf/finetune_fewshot.yaml")]
+    assert ft == want
+    assert all("--model_conf.mse_weight 0" in x for x in lines if "fewshot_nomse" in x and "finetune" in x)
+    dec = [x for x in lines if "w2p.bin.decode" in x]
+    assert "--systems " not in dec[0] and arg(dec[0], "--systems_config") == "conf/systems.yaml"
+    assert arg(dec[0], "--expdir") == str(exp)
+    assert [(arg(x, "--systems"), arg(x, "--tasks")) for x in dec[1:]] == [
+        ("wav2prompt_fewshot", "st"), ("wav2prompt_fewshot_nomse", "st"), ("wav2prompt_fewshot", "slu"),
+        ("wav2prompt_fewshot", "sqqa"), ("wav2prompt_fewshot", "sqa")]
+    assert all(arg(x, "--calibrate") == "false" for x in dec[1:])
+    score = [x for x in lines if "w2p.bin.score" in x]
+    assert len(score) == 1 and arg(score[0], "--systems_config") == "conf/systems.yaml"
 
 
 def test_librispeech_recipe_on_fixture_corpora(tmp_path):
