@@ -65,6 +65,27 @@ def test_help_and_option_errors():
     assert p.returncode != 0 and "invalid option --no_such_option" in p.stderr
 
 
+def _help_value(text, opt):
+    line = next(x for x in text.splitlines() if x.strip().startswith(opt + " "))
+    return line.split(None, 2)[1]
+
+
+def test_help_shows_the_values_the_recipe_passes():
+    """--help is printed after run.sh's own options are parsed: it shows the recipe's values, not the template's
+    defaults (mini_en passes --nbpe 100 --bpe_type char --nproc 2 and a CE phase, librispeech two tasks)."""
+    mini = sh("./run.sh --help", cwd=MINI, check=True).stdout
+    assert [_help_value(mini, o) for o in ("--nbpe", "--bpe_type", "--nproc", "--ce_config", "--tasks")] == [
+        "100", "char", "2", '"conf/train_wav2prompt_ce.yaml"', '"st']
+    libri = sh("./run.sh --help", cwd=LIBRI, check=True).stdout
+    assert [_help_value(libri, o) for o in ("--nbpe", "--bpe_type", "--ce_config")] == ["500", "bpe", '""']
+    assert '--tasks "st slu" ' in libri
+    assert mini.startswith("Usage:") and "Successfully" not in mini  # nothing runs
+    # options given before --help count too; the recipe's local/data.sh shows its db.sh corpus dir
+    assert _help_value(sh("./run.sh --nbpe 7 --help", cwd=MINI, check=True).stdout, "--nbpe") == "7"
+    p = sh("local/data.sh --help", cwd=MINI, env={"MINI_EN": "/some/corpus"}, check=True)
+    assert "--corpus_dir /some/corpus" in p.stdout
+
+
 def test_template_has_one_delimited_block_per_stage():
     src = open(os.path.join(ROOT, "egs", "TEMPLATE", "w2p1", "w2p.sh")).read()
     for n in range(11):

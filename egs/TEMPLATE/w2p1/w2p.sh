@@ -44,39 +44,49 @@ decode_config=conf/decode.yaml            # decoding and scoring settings (stage
 nbpe=500
 bpe_type=bpe       # sentencepiece type of the CTC units: bpe | unigram | char
 
-help_message=$(cat << EOF
-Usage: $0 [options]
-Stages: 0 corpus | 1 data prep | 2 fbank+cmvn | 3 LLM prep | 4 Wav2Prompt training | 5 baselines
-        6 zero-shot decoding | 7 few-shot fine-tuning | 8 few-shot decoding | 9 scoring | 10 pack model
-Options (default):
-  --stage ${stage}            first stage
-  --stop_stage ${stop_stage}  last stage
-  --nj ${nj}                  parallel jobs (synthesis, features)
-  --nproc ${nproc}            CPU threads per process
-  --ngpu ${ngpu}              GPUs for training (0 = CPU)
-  --seed ${seed}              global seed
-  --max_utts ${max_utts}      cap each set (0 = full; for quick tests)
-  --datadir ${datadir} --dumpdir ${dumpdir} --expdir ${expdir}
-  --train_set ${train_set} --valid_set ${valid_set} --test_sets "${test_sets}"
-  --tasks "${tasks}"          zero-shot tasks (sets <task>_fewshot, <task>_test)
-  --resample ${resample}      resample non-16 kHz audio (false: error)
-  --local_data_opts "${local_data_opts}"  extra options for local/data.sh (stages 0-1)
-  --llm ${llm}                frozen LLM
-  --systems_config ${systems_config}  the systems of stages 4-9 (trained, decoded, scored)
-  --train_config ${train_config}
-  --ce_config "${ce_config}"  layer over train_config for stage 4's CE phase ("" = no CE phase)
-  --fewshot_config ${fewshot_config}
-  --decode_config ${decode_config}
-  --nbpe ${nbpe}              BPE size for the CTC ASR (an upper bound for --bpe_type char)
-  --bpe_type ${bpe_type}        sentencepiece type of the CTC units (bpe | unigram | char)
-EOF
-)
+# --help: a function, so that it shows the values in force when --help is parsed (run.sh passes the recipe's own
+# options before "$@"), not only the defaults above
+usage() {
+  local o='  %-44s %s\n'
+  echo "Usage: $0 [options]"
+  echo "Stages: 0 corpus | 1 data prep | 2 fbank+cmvn | 3 LLM prep | 4 Wav2Prompt training | 5 baselines"
+  echo "        6 zero-shot decoding | 7 few-shot fine-tuning | 8 few-shot decoding | 9 scoring | 10 pack model"
+  echo "Options (the values this recipe passes, else the template defaults):"
+  # shellcheck disable=SC2059
+  {
+  printf "$o" "--stage ${stage}" "first stage"
+  printf "$o" "--stop_stage ${stop_stage}" "last stage"
+  printf "$o" "--nj ${nj}" "parallel jobs (corpus, features)"
+  printf "$o" "--nproc ${nproc}" "CPU threads per process"
+  printf "$o" "--ngpu ${ngpu}" "GPUs for training (0 = CPU)"
+  printf "$o" "--seed ${seed}" "global seed"
+  printf "$o" "--max_utts ${max_utts}" "cap each set (0 = full; for quick tests)"
+  printf "$o" "--datadir ${datadir}" "Kaldi-style data dirs <datadir>/<set>"
+  printf "$o" "--dumpdir ${dumpdir}" "features <dumpdir>/fbank/<set>"
+  printf "$o" "--expdir ${expdir}" "experiments: system X in <expdir>/X"
+  printf "$o" "--train_set ${train_set}" "training set"
+  printf "$o" "--valid_set ${valid_set}" "validation set"
+  printf "$o" "--test_sets \"${test_sets}\"" "ASR test sets"
+  printf "$o" "--tasks \"${tasks}\"" "zero-shot tasks (sets <task>_fewshot, <task>_test)"
+  printf "$o" "--resample ${resample}" "resample non-16 kHz audio (false: error)"
+  printf "$o" "--local_data_opts \"${local_data_opts}\"" "extra options for local/data.sh (stages 0-1)"
+  printf "$o" "--llm ${llm}" "frozen LLM"
+  printf "$o" "--systems_config ${systems_config}" "the systems of stages 4-9 (trained, decoded, scored)"
+  printf "$o" "--train_config ${train_config}" "Wav2Prompt (stage 4)"
+  printf "$o" "--ce_config \"${ce_config}\"" "laid over train_config: stage 4's CE phase (\"\" = none)"
+  printf "$o" "--fewshot_config ${fewshot_config}" "few-shot fine-tuning (stage 7)"
+  printf "$o" "--decode_config ${decode_config}" "decoding and scoring (stages 6, 8, 9)"
+  printf "$o" "--nbpe ${nbpe}" "BPE size for the CTC units (an upper bound for --bpe_type char)"
+  printf "$o" "--bpe_type ${bpe_type}" "sentencepiece type of the CTC units (bpe | unigram | char)"
+  }
+}
 
-log "$0 $*"
+cmdline="$0 $*"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck disable=SC1091
 . "${here}/utils/parse_options.sh"
-[ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; echo "${help_message}" >&2; exit 1; }
+[ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; usage >&2; exit 1; }
+log "${cmdline}"
 
 # shellcheck disable=SC1091
 . ./path.sh
