@@ -283,6 +283,14 @@ esac
     assert all(arg(x, "--calibrate") == "false" for x in dec[1:])
     score = [x for x in lines if "w2p.bin.score" in x]
     assert len(score) == 1 and arg(score[0], "--systems_config") == "conf/systems.yaml"
+    # a bad systems file stops the stage with the reader's message
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("x: {stage: 5, config: --nope_config}\n")
+    base = f"./run.sh --stage 5 --stop_stage 5 --python {fake} --expdir {exp} --systems_config"
+    p = sh(f"{base} {bad}", cwd=MINI)
+    assert p.returncode != 0 and "config --nope_config is not a run.sh option" in p.stderr
+    p = sh(f"{base} {tmp_path}/missing.yaml", cwd=MINI)
+    assert p.returncode != 0 and "missing.yaml not found" in p.stderr and "train x" not in p.stdout
 
 
 def test_librispeech_recipe_on_fixture_corpora(tmp_path):

@@ -115,8 +115,9 @@ systems_of() { ${python} -m w2p.bin.systems ${systems_config} --stage "$1"; }
 config_path() {
   case $1 in
     --*) local v=${1#--}
-         [[ ${v} =~ ^[a-z_]+_config$ ]] && declare -p "${v}" >/dev/null 2>&1 || {
-           echo "$0: ${systems_config}: config $1 is not a run.sh option (--*_config)" >&2; exit 1; }
+         if ! [[ ${v} =~ ^[a-z_]+_config$ ]] || ! declare -p "${v}" >/dev/null 2>&1; then
+           echo "$0: ${systems_config}: config $1 is not a run.sh option (--*_config)" >&2; exit 1
+         fi
          echo "${!v}" ;;
     *) echo "$1" ;;
   esac

@@ -16,8 +16,10 @@ log() {
 
 stage=0
 stop_stage=1
-nj=1                 # unused here (w2p.sh passes the same options to every recipe's local/data.sh)
-seed=0               # unused here
+# shellcheck disable=SC2034  # nj, seed: unused here (w2p.sh passes the same options to every recipe's local/data.sh)
+nj=1
+# shellcheck disable=SC2034
+seed=0
 max_utts=0           # cap every set (0 = all; for quick tests)
 datadir=data
 sets="train dev test st_fewshot st_test slu_fewshot slu_test"
