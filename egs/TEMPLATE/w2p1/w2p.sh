@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Wav2Prompt recipe template (ESPnet style). Recipes call it from egs/<corpus>/w2p1/run.sh.
-# Each stage is a `log` line plus one Python entry point under w2p/bin (jobs go through ${cmd}).
+# Wav2Prompt recipe template (ESPnet style). Recipes call it from egs/<recipe>/w2p1/run.sh.
+# Stages 0-1 run the recipe's own local/data.sh (its corpora); every other stage is a `log` line plus Python entry
+# points under w2p/bin (jobs go through ${cmd}); stages 4-9 take their systems from the recipe's conf/systems.yaml.
 # Stage blocks are delimited by "# Stage N:" headers; owners replace only their block's body.
 set -e
 set -u
