@@ -1,4 +1,5 @@
-"""Data layer: mini_en generator (French agreement, disjointness), audio errors, validator, corpus preparers."""
+"""Data layer: the mini_en generator (w2p.synth: French agreement, disjointness), audio errors, validator, corpus
+preparers (w2p.data.corpora) and the recipes' set mappings (egs/*/w2p1/local/data_prep.py)."""
 import json
 import logging
 import os
@@ -9,11 +10,24 @@ import pytest
 import soundfile as sf
 
 from w2p.data import corpora
-from w2p.data import lexicon as L
-from w2p.data import mini_en
 from w2p.data.audio import AudioError, load_audio, resample, write_wav_atomic
 from w2p.data.datadir import DataDirError, validate_data_dir, write_data_dir
 from w2p.io import read_kv, write_kv
+from w2p.synth import lexicon as L
+from w2p.synth import mini_en
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _local_script(recipe: str, name: str = "data_prep"):
+    """A recipe's local/<name>.py as a module (recipe scripts are not part of the w2p package)."""
+    import importlib.util
+
+    path = os.path.join(ROOT, "egs", recipe, "w2p1", "local", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{recipe}_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 # ------------------------------------------------------------------ generator
@@ -259,7 +273,8 @@ def test_validator_reports_each_problem(tmp_path, damage, pattern):
 
 # ------------------------------------------------------------------ corpus preparers (real layouts)
 def test_normalize_transcript():
-    assert corpora.normalize_transcript("HE HOPED THERE WOULD BE STEW", lower_first=True) == "He hoped there would be stew"
+    got = corpora.normalize_transcript("HE HOPED THERE WOULD BE STEW", lower_first=True)
+    assert got == "He hoped there would be stew"
     assert corpora.normalize_transcript("i don't know, said i.", lower_first=True) == "I don't know said I"
     assert corpora.normalize_transcript("Where is the \u201cstation\u201d?") == "Where is the station?"
     assert corpora.normalize_transcript(" ... ") == ""
@@ -375,9 +390,8 @@ def test_prepare_slurp_layout(tmp_path, caplog):
     assert validate_data_dir(d, check_files=True)["utts"] == 1
 
 
-def test_prepare_data_cli_librispeech_recipe_sets(tmp_path):
-    from w2p.bin import prepare_data
-
+def test_librispeech_local_data_prep_maps_recipe_sets(tmp_path):
+    prepare_data = _local_script("librispeech")
     ls, cv, sl = (str(tmp_path / x) for x in ("ls", "cv", "slurp"))
     _librispeech(ls)
     for sub in ("dev-clean", "test-clean"):
@@ -386,10 +400,43 @@ def test_prepare_data_cli_librispeech_recipe_sets(tmp_path):
     os.symlink(os.path.join(cv, "covost_v2.en_fr.test.tsv"), os.path.join(cv, "covost_v2.en_fr.train.tsv"))
     _slurp(sl)
     out = str(tmp_path / "data")
-    args = ["--corpus", "librispeech", "--out", out, "--librispeech", ls, "--covost2", cv, "--slurp", sl,
+    args = ["--out", out, "--librispeech", ls, "--covost2", cv, "--slurp", sl,
             "--sets", "train", "dev", "test", "st_fewshot", "st_test", "slu_fewshot", "slu_test"]
     assert prepare_data.main(args) == 0
     assert read_kv(os.path.join(out, "st_test", "ref"))["aaaa1111-common_voice_en_1"] == "Où est la gare ?"
     assert open(os.path.join(out, "slu_test", "intents")).read().split() == ["alarm_set", "play_music", "weather_query"]
     with pytest.raises(SystemExit, match=r"COVOST2 -> .*nope.*does not exist"):
-        prepare_data.main(args[:7] + [str(tmp_path / "nope")] + args[8:] + ["--check_only"])
+        prepare_data.main(args[:5] + [str(tmp_path / "nope")] + args[6:] + ["--check_only"])
+    with pytest.raises(SystemExit, match=r"set 'sqa_test' has no source in the librispeech recipe.*--tasks"):
+        prepare_data.main(args[:-1] + ["sqa_test", "--check_only"])
+
+
+def test_prepare_mini_en_reads_the_synthesised_manifests(tmp_path):
+    c = str(tmp_path / "corpus")
+    with pytest.raises(corpora.CorpusError, match=r"stats.json missing.*run stage 0 first"):
+        corpora.prepare_mini_en(c, "train")
+    os.makedirs(c)
+    wav = _wav(str(tmp_path / "a.wav"))
+    rec = {"id": "s1-slu_test-00000", "spk": "s1", "wav": wav, "dur": 1.0, "text": "Wake me up at six am",
+           "ref": "set_alarm", "slots": {"time": "six am"}}
+    with open(os.path.join(c, "slu_test.jsonl"), "w") as f:
+        f.write(json.dumps(rec) + "\n")
+    with open(os.path.join(c, "stats.json"), "w") as f:
+        json.dump({"utterances": {"slu_test": 1, "train": 5}}, f)
+    with pytest.raises(corpora.CorpusError, match=r"intents missing"):
+        corpora.prepare_mini_en(c, "slu_test")
+    with open(os.path.join(c, "intents"), "w") as f:
+        f.write("play_music\nset_alarm\n")
+    utts, intents = corpora.prepare_mini_en(c, "slu_test")
+    assert intents == ["play_music", "set_alarm"] and utts["s1-slu_test-00000"]["slots"] == {"time": "six am"}
+    with pytest.raises(corpora.CorpusError, match=r"set 'st_test' is not part of the mini_en corpus.*--tasks"):
+        corpora.prepare_mini_en(c, "st_test")
+    with pytest.raises(corpora.CorpusError, match=r"train.jsonl missing although.*stats.json lists it"):
+        corpora.prepare_mini_en(c, "train")
+    with open(os.path.join(c, "train.jsonl"), "w") as f:
+        f.write("{not json\n")
+    with pytest.raises(corpora.CorpusError, match=r"train.jsonl:1: not a manifest line"):
+        corpora.prepare_mini_en(c, "train")
+    assert _local_script("mini_en").main(["--src", c, "--out", str(tmp_path / "data"), "--sets", "slu_test"]) == 0
+    assert read_kv(str(tmp_path / "data" / "slu_test" / "ref")) == {"s1-slu_test-00000": "set_alarm"}
+    assert _local_script("mini_en").main(["--src", c, "--out", str(tmp_path / "data"), "--sets", "st_test"]) == 1

@@ -118,10 +118,12 @@ def task_recipe(tmp_path_factory, tiny_recipe, llm):
     conf = {"beam": 1, "repetition_penalty": 1.2, "batch_size": 2, "max_utts": 3, "asr_beam": 2,
             "max_new_tokens": {"asr": 3, "sqa": 3},
             "tasks": {"asr": "test", "slu": "slu_test", "sqa": "sqa_test"},
-            "systems": {"wav2prompt": {"kind": "wav2prompt", "exp": "exp/w2p"},
-                        "cascade": {"kind": "cascade", "exp": "exp/asr_ctc", "out": "exp/cascade"},
-                        "encoder_llm": {"kind": "encoder_llm", "exp": "exp/encoder_llm"},
-                        "gold": {"kind": "gold", "out": "exp/gold_text"}}}
+            "systems": {"wav2prompt": {"kind": "wav2prompt", "exp": "exp/w2p", "label": "Wav2Prompt (zero-shot)"},
+                        "cascade": {"kind": "cascade", "exp": "exp/asr_ctc", "out": "exp/cascade",
+                                    "label": "ASR→LLM cascade (CTC)"},
+                        "encoder_llm": {"kind": "encoder_llm", "exp": "exp/encoder_llm",
+                                        "label": "Encoder-LLM (prior work)"},
+                        "gold": {"kind": "gold", "out": "exp/gold_text", "label": "gold-text topline"}}}
     with open(os.path.join(root, "decode.yaml"), "w") as f:
         yaml.safe_dump(conf, f)
     return root

@@ -165,3 +165,15 @@ def test_token_discrimination_matches_a_per_token_oracle_and_trains(llm, tiny_re
     first, last = _fit(model, batch, 20, "tok")
     assert model.proj.weight.grad.abs().sum() > 0
     assert last < 0.7 * first
+
+
+def test_ce_term_uses_the_task_template(llm):
+    from w2p.tasks import get_task
+
+    model = _model(llm, ce_weight=1.0)
+    assert model.ce_task == "asr" and model.ce_template == get_task("asr").template
+    _model(llm, ce_template=get_task("asr").template)  # configs written before ce_task, with the same template
+    with pytest.raises(ValueError, match="set model_conf.ce_task"):
+        _model(llm, ce_template="Say it again: {speech}")
+    with pytest.raises(ValueError, match="unknown task"):
+        _model(llm, ce_task="dictation")

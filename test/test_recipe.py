@@ -1,4 +1,5 @@
-"""Recipe shell layer: run.pl / slurm.pl, option parsing, stages 0-2 end to end through run.sh."""
+"""Recipe shell layer: run.pl / slurm.pl, option parsing, stages 0-2 end to end through run.sh (each recipe's
+local/data.sh), the mini_en corpus generator (w2p.synth)."""
 import os
 import re
 import subprocess
@@ -58,17 +59,65 @@ echo 12345; exit $rc
 def test_help_and_option_errors():
     p = sh("./run.sh --help", cwd=MINI, check=True)
     for opt in ("--stage", "--stop_stage", "--nj", "--ngpu", "--nproc", "--seed", "--llm", "--train_config",
-                "--ce_config", "--asr_config", "--encllm_config", "--nomse_config", "--fewshot_config", "--decode_config", "--tasks"):
+                "--ce_config", "--systems_config", "--fewshot_config", "--decode_config", "--tasks"):
         assert opt in p.stdout, opt
     p = sh("./run.sh --no_such_option 1", cwd=MINI)
     assert p.returncode != 0 and "invalid option --no_such_option" in p.stderr
 
 
+def _help_value(text, opt):
+    line = next(x for x in text.splitlines() if x.strip().startswith(opt + " "))
+    return line.split(None, 2)[1]
+
+
+def test_help_shows_the_values_the_recipe_passes():
+    """--help is printed after run.sh's own options are parsed: it shows the recipe's values, not the template's
+    defaults (mini_en passes --nbpe 100 --bpe_type char --nproc 2 and a CE phase, librispeech two tasks)."""
+    mini = sh("./run.sh --help", cwd=MINI, check=True).stdout
+    assert [_help_value(mini, o) for o in ("--nbpe", "--bpe_type", "--nproc", "--ce_config", "--tasks")] == [
+        "100", "char", "2", '"conf/train_wav2prompt_ce.yaml"', '"st']
+    libri = sh("./run.sh --help", cwd=LIBRI, check=True).stdout
+    assert [_help_value(libri, o) for o in ("--nbpe", "--bpe_type", "--ce_config")] == ["500", "bpe", '""']
+    assert '--tasks "st slu" ' in libri
+    assert mini.startswith("Usage:") and "Successfully" not in mini  # nothing runs
+    # options given before --help count too; the recipe's local/data.sh shows its db.sh corpus dir
+    assert _help_value(sh("./run.sh --nbpe 7 --help", cwd=MINI, check=True).stdout, "--nbpe") == "7"
+    p = sh("local/data.sh --help", cwd=MINI, env={"MINI_EN": "/some/corpus"}, check=True)
+    assert "--corpus_dir /some/corpus" in p.stdout
+
+
 def test_template_has_one_delimited_block_per_stage():
     src = open(os.path.join(ROOT, "egs", "TEMPLATE", "w2p1", "w2p.sh")).read()
     for n in range(11):
-        assert re.search(rf"# =+ Stage {n}: .*\nif \[ \$\{{stage\}} -le {n} \] && \[ \$\{{stop_stage\}} -ge {n} \]; then",
+        assert re.search(rf"# =+ Stage {n}: .*\n"
+                         rf"if \[ \$\{{stage\}} -le {n} \] && \[ \$\{{stop_stage\}} -ge {n} \]; then",
                          src), n
+
+
+def test_template_knows_no_corpus():
+    """Stages 0-1 are the recipe's local/data.sh: the template has no corpus option, no corpus branch and calls
+    no corpus-specific code."""
+    src = open(os.path.join(ROOT, "egs", "TEMPLATE", "w2p1", "w2p.sh")).read()
+    lines = [line.split("#")[0] for line in src.splitlines()]  # comments may name recipes
+    code = "\n".join(lines)
+    assert not re.search(r"^\s*corpus(_dir)?=|\$\{?corpus", code, re.M)
+    branches = [x for x in lines if re.search(r"\b(if|elif|case)\b|\[ |&&|\|\|", x)]
+    assert not [x for x in branches if re.search(r"mini_en|librispeech|covost|slurp|MINI_EN|LIBRISPEECH", x, re.I)]
+    for name in ("w2p.synth", "synth_mini_en", "prepare_data", "espeak"):
+        assert name not in code, name
+    assert code.count("local/data.sh \"$@\"") == 1 and "local_data --stage 0 --stop_stage 0" in code
+    for recipe in (MINI, LIBRI):
+        assert os.access(os.path.join(recipe, "local", "data.sh"), os.X_OK), recipe
+
+
+def test_missing_local_data_sh_is_a_clear_error(tmp_path):
+    r = tmp_path / "recipe"
+    r.mkdir()
+    for f in ("cmd.sh", "utils", "w2p.sh"):
+        os.symlink(os.path.join(MINI, f), r / f)
+    (r / "path.sh").write_text(": # the test's python is on PATH already\n")
+    p = sh("./w2p.sh --stop_stage 0", cwd=str(r))
+    assert p.returncode != 0 and "local/data.sh missing" in p.stderr
 
 
 def _feats(dump, s):
@@ -77,7 +126,7 @@ def _feats(dump, s):
 
 def test_mini_en_stages_0_to_2_end_to_end(tmp_path):
     c, d, u = tmp_path / "corpus", tmp_path / "data", tmp_path / "dump"
-    base = f"./run.sh --nj 2 --max_utts 3 --corpus_dir {c} --datadir {d} --dumpdir {u}"
+    base = f"./run.sh --nj 2 --max_utts 3 --local_data_opts '--corpus_dir {c}' --datadir {d} --dumpdir {u}"
     # missing inputs name the stage to run
     p = sh(f"{base} --stage 1 --stop_stage 1", cwd=MINI)
     assert p.returncode != 0 and "run stage 0 first" in p.stderr
@@ -109,7 +158,7 @@ def test_synth_reuses_wavs_and_refuses_a_corpus_made_with_other_options(tmp_path
     import pytest
     import soundfile as sf
 
-    from w2p.bin import synth_mini_en
+    from w2p.synth import make_corpus as synth_mini_en
 
     c = str(tmp_path / "corpus")
     assert synth_mini_en.main(["--corpus", c, "--max_utts", "1"]) == 0
@@ -128,6 +177,125 @@ def test_synth_reuses_wavs_and_refuses_a_corpus_made_with_other_options(tmp_path
         synth_mini_en.main(["--corpus", c, "--max_utts", "1", "--finalize"])
     with pytest.raises(SystemExit, match="remove"):
         synth_mini_en.main(["--corpus", c, "--max_utts", "2"])
+
+
+def _manifests(corpus):
+    """{set: [records]} of a synthesised corpus, wav paths relative to it (two corpus dirs compare equal)."""
+    import json
+
+    out = {}
+    for f in sorted(os.listdir(corpus)):
+        if f.endswith(".jsonl"):
+            recs = [json.loads(x) for x in open(os.path.join(corpus, f))]
+            for r in recs:
+                r["wav"] = os.path.relpath(r["wav"], corpus)
+            out[f[:-6]] = recs
+    return out
+
+
+def test_generator_is_deterministic_across_runs_and_job_splits(tmp_path):
+    """The corpus is a function of the seed: two runs (split over 1 and over 3 jobs) give the same manifests and
+    the same audio, and the manifests follow the corpus conventions."""
+    import json
+
+    import soundfile as sf
+
+    from w2p.synth import espeak, mini_en
+    from w2p.synth import make_corpus as mk
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert mk.main(["--corpus", a, "--max_utts", "2", "--seed", "5"]) == 0
+    for j in (1, 2, 3):
+        assert mk.main(["--corpus", b, "--max_utts", "2", "--seed", "5", "--nj", "3", "--job", str(j)]) == 0
+    for c in (a, b):
+        assert mk.main(["--corpus", c, "--max_utts", "2", "--seed", "5", "--finalize"]) == 0
+    ma, mb = _manifests(a), _manifests(b)
+    assert ma == mb and set(ma) == set(mini_en.ALL_SETS)
+    for s, recs in ma.items():
+        assert open(os.path.join(a, recs[0]["wav"]), "rb").read() == open(os.path.join(b, recs[0]["wav"]), "rb").read()
+        assert len(recs) == 2
+        for r in recs:
+            assert re.fullmatch(rf"{re.escape(r['spk'])}-{s}-\d{{5}}", r["id"]) and r["wav"] == f"wav/{s}/{r['id']}.wav"
+            assert r["spk"] == espeak.speaker_id(r["voice"], r["variant"]) and r["voice"] in espeak.VOICES
+            assert espeak.SPEED[0] <= r["speed"] <= espeak.SPEED[1] and espeak.PITCH[0] <= r["pitch"] <= espeak.PITCH[1]
+            assert re.fullmatch(r"[A-Z][A-Za-z' ]+\??", r["text"]), r["text"]
+            assert abs(sf.info(os.path.join(a, r["wav"])).duration - r["dur"]) < 1e-3
+            if s in mini_en.ASR_SETS:  # ASR sets mix the families: no task references
+                assert not {"ref", "question", "slots"} & set(r)
+            else:
+                assert r["ref"] and r["family"].split("_")[0] == s.split("_")[0]
+    assert all(r["ref"] in mini_en.INTENTS and isinstance(r["slots"], dict) for r in ma["slu_test"])
+    assert all(r["question"].endswith("?") for r in ma["sqa_test"] + ma["sqa_fewshot"])
+    ids = [r["id"] for recs in ma.values() for r in recs]
+    assert len(ids) == len(set(ids)) == 22
+    assert open(os.path.join(a, "intents")).read().split() == list(mini_en.INTENTS)
+    assert json.load(open(os.path.join(a, "stats.json")))["seed"] == 5
+    other = mk.plan(6, 2, str(tmp_path / "c"))  # another seed: another corpus
+    assert [u["item"].text for u in other] != [u["item"].text for u in mk.plan(5, 2, a)]
+
+
+def test_stages_4_to_9_follow_the_systems_file(tmp_path):
+    """w2p.sh trains, fine-tunes, decodes and scores exactly the systems of conf/systems.yaml, system X in exp/X.
+    The trainers and decoders are stand-ins that record their arguments; w2p.bin.systems runs for real."""
+    import sys
+
+    calls, exp = tmp_path / "calls", tmp_path / "exp"
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$2" in
+  w2p.bin.systems) exec {sys.executable} "$@" ;;
+  w2p.bin.finetune) echo "$*" >> {calls}
+    [[ " $* " == *" --only_with_lora "* ]] && exit 0  # as without a LoRA config: no model
+    all="$*"; out=${{all##*--output_dir }}; out=${{out%% *}}; mkdir -p $out; touch $out/model.pt ;;
+  *) echo "$*" >> {calls} ;;
+esac
+""")
+    fake.chmod(0o755)
+    sh(f"./run.sh --stage 4 --stop_stage 9 --python {fake} --expdir {exp} --dumpdir {tmp_path}/dump", cwd=MINI,
+       check=True)
+    lines = [x for x in calls.read_text().splitlines() if "validate_data_dir" not in x]
+
+    def arg(line, opt):
+        w = line.split()
+        return w[w.index(opt) + 1]
+
+    train = [x for x in lines if x.startswith("-m w2p.bin.train ")]
+    assert [arg(x, "--output_dir") for x in train] == [
+        f"{exp}/{n}" for n in ("wav2prompt_pre", "wav2prompt", "asr_ctc", "encoder_llm", "wav2prompt_nomse")]
+    assert "--config conf/train_wav2prompt.yaml --llm" in train[0] and "--init" not in train[0]
+    assert "--config conf/train_wav2prompt_ce.yaml" in train[1]
+    assert arg(train[1], "--init") == f"{exp}/wav2prompt_pre/model.pt"
+    assert arg(train[2], "--config") == "conf/train_asr_ctc.yaml"
+    assert arg(train[2], "--init") == f"{exp}/wav2prompt/model.pt"
+    assert [arg(x, "--init") for x in train[3:]] == [f"{exp}/asr_ctc/model.pt"] * 2
+    readouts = [arg(x, "--model_dir") for x in lines if "w2p.bin.readout" in x]
+    assert readouts == [f"{exp}/wav2prompt_pre", f"{exp}/wav2prompt"]
+    ft = [(arg(x, "--output_dir"), arg(x, "--init_exp"), arg(x, "--config")) for x in lines if "w2p.bin.finetune" in x]
+    want = []
+    for t in ("st", "slu", "sqqa", "sqa"):
+        want += [(f"{exp}/wav2prompt_fewshot/{t}", f"{exp}/wav2prompt", "conf/finetune_fewshot.yaml")]
+        nomse = (f"{exp}/wav2prompt_fewshot_nomse/st", f"{exp}/wav2prompt", "conf/finetune_fewshot.yaml")
+        want += [nomse] * (t == "st")
+        want += [(f"{exp}/cascade_fewshot/{t}", f"{exp}/asr_ctc", "conf/finetune_fewshot.yaml")]
+    assert ft == want
+    assert all("--model_conf.mse_weight 0" in x for x in lines if "fewshot_nomse" in x and "finetune" in x)
+    dec = [x for x in lines if "w2p.bin.decode" in x]
+    assert "--systems " not in dec[0] and arg(dec[0], "--systems_config") == "conf/systems.yaml"
+    assert arg(dec[0], "--expdir") == str(exp)
+    assert [(arg(x, "--systems"), arg(x, "--tasks")) for x in dec[1:]] == [
+        ("wav2prompt_fewshot", "st"), ("wav2prompt_fewshot_nomse", "st"), ("wav2prompt_fewshot", "slu"),
+        ("wav2prompt_fewshot", "sqqa"), ("wav2prompt_fewshot", "sqa")]
+    assert all(arg(x, "--calibrate") == "false" for x in dec[1:])
+    score = [x for x in lines if "w2p.bin.score" in x]
+    assert len(score) == 1 and arg(score[0], "--systems_config") == "conf/systems.yaml"
+    # a bad systems file stops the stage with the reader's message
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("x: {stage: 5, config: --nope_config}\n")
+    base = f"./run.sh --stage 5 --stop_stage 5 --python {fake} --expdir {exp} --systems_config"
+    p = sh(f"{base} {bad}", cwd=MINI)
+    assert p.returncode != 0 and "config --nope_config is not a run.sh option" in p.stderr
+    p = sh(f"{base} {tmp_path}/missing.yaml", cwd=MINI)
+    assert p.returncode != 0 and "missing.yaml not found" in p.stderr and "train x" not in p.stdout
 
 
 def test_librispeech_recipe_on_fixture_corpora(tmp_path):

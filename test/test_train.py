@@ -176,7 +176,7 @@ def test_ce_phase_layered_over_the_stage4_config(single_run, tiny_recipe, tmp_pa
     layer's loss weights and schedule, the LLM cross-entropy term trained."""
     conf, out = single_run
     layer = tmp_path / "ce.yaml"
-    layer.write_text("model_conf: {ce_weight: 1.0, ce_template: 'Repeat the following sentence: {speech}'}\n"
+    layer.write_text("model_conf: {ce_weight: 1.0, ce_task: asr}\n"
                      "max_epoch: 1\nmax_steps: 2\nnbest_average: 1\nscheduler: warmup_constant\n"
                      "scheduler_conf: {warmup_steps: 1}\n")
     ce_out = tmp_path / "exp_ce"

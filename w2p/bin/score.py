@@ -1,8 +1,10 @@
 """Scoring (recipe stage 9): score every decode dir, write RESULTS.md (systems x tasks) and the two figures.
 
-  python -m w2p.bin.score --config conf/decode.yaml [--dump_dir dump/fbank] [--out RESULTS.md]
-         [--plot_system wav2prompt] [--no_plots]
+  python -m w2p.bin.score --config conf/decode.yaml --systems_config conf/systems.yaml [--expdir exp]
+         [--dump_dir dump/fbank] [--out RESULTS.md] [--plot_system wav2prompt] [--no_plots]
 
+The rows are the decoded systems of the systems file in its order (w2p.bin.systems), labelled by their `label`;
+without --systems_config, the decode config's own ``systems`` (labelled by `label`, else by name).
 RESULTS.md, images/cif_alignment.png and images/training_curves.png are written in the recipe dir (atomically).
 """
 from __future__ import annotations
@@ -12,21 +14,15 @@ import logging
 import os
 import sys
 
-LABELS = {
-    "wav2prompt": "Wav2Prompt (zero-shot)",
-    "cascade": "ASR→LLM cascade (CTC)",
-    "encoder_llm": "Encoder-LLM (prior work)",
-    "w2p_nomse": "Wav2Prompt w/o MSE (ablation)",
-    "gold": "gold-text topline",
-    "w2p_fewshot": "Wav2Prompt few-shot (E2E through the frozen LLM)",
-    "w2p_fewshot_nomse": "Wav2Prompt few-shot, λ_mse = 0 (ablation)",
-    "cascade_fewshot": "ASR→LLM cascade few-shot (LoRA LLM)",
-}
+from w2p.errors import cli_main
 
 
+@cli_main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="decode YAML (same file as stage 6)")
+    p.add_argument("--systems_config", default=None, help="the recipe's systems file (conf/systems.yaml)")
+    p.add_argument("--expdir", default="exp", help="with --systems_config: system X lives in <expdir>/X")
     p.add_argument("--dump_dir", default="dump/fbank")
     p.add_argument("--out", default="RESULTS.md")
     p.add_argument("--image_dir", default="images")
@@ -37,11 +33,13 @@ def main(argv=None) -> int:
     args, extra = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
+    from w2p.bin.systems import systems_of
     from w2p.decode import CALIBRATION_NOTES, calibration_mode, load_config, out_dir_of
     from w2p.io import write_atomic
     from w2p.score import results_markdown, score_decode_dir
 
     conf = load_config(args.config, extra)
+    conf["systems"] = systems_of(conf, args.systems_config, args.expdir)
     results: dict[str, dict] = {}
     for name, spec in conf["systems"].items():
         per = {}
@@ -64,11 +62,14 @@ def main(argv=None) -> int:
         os.makedirs(args.image_dir, exist_ok=True)
         figures += _plots(conf, args)
     cfg = {"LLM": conf["llm"], "decoding": f"beam {conf['beam']}, repetition penalty {conf['repetition_penalty']}, "
-           f"SLU = closed-set choice over the listed intents ({calibration_mode(conf.get('calibrate', 'content_free'))} "
+           "SLU = closed-set choice over the listed intents "
+           f"({calibration_mode(conf.get('calibrate', 'content_free'))} "
            f"calibration); cascade ASR "
            f"{'greedy CTC' if int(conf['asr_beam']) <= 1 else 'CTC prefix beam ' + str(conf['asr_beam'])}",
            "test utterances per task": "all" if not conf.get("max_utts") else f"first {conf['max_utts']} (sorted ids)",
            "config": args.config or "defaults"}
+    if args.systems_config:
+        cfg["systems"] = args.systems_config
     notes = [
         "Metrics: ASR WER (jiwer, lower-cased, punctuation removed); ST sacreBLEU BLEU / chrF on raw text; SLU intent "
         "accuracy; SQQA/SQA `exact` = normalised exact match, `contains` = the normalised gold answer occurs in the "
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
         "RTF = decoding wall time (speech model + LLM) / audio duration, averaged over tasks; the gold-text system "
         "has no speech model.",
     ]
-    md = results_markdown(results, system_labels=LABELS, config=cfg, figures=figures, notes=notes)
+    labels = {n: s.get("label") or n for n, s in conf["systems"].items()}
+    md = results_markdown(results, system_labels=labels, config=cfg, figures=figures, notes=notes)
     write_atomic(args.out, md)
     print(md)
     return 0
@@ -96,7 +98,8 @@ def _plots(conf: dict, args) -> list[str]:
     from w2p.plots import cif_alignment_plot, training_curves_plot
 
     out = []
-    trained = {n: s["exp"] for n, s in conf["systems"].items() if s.get("exp")}
+    # one curve per trained model; the few-shot systems (one model per task, exp/<name>/{task}) are left out
+    trained = {n: s["exp"] for n, s in conf["systems"].items() if s.get("exp") and "{task}" not in s["exp"]}
     path = training_curves_plot(trained, os.path.join(args.image_dir, "training_curves.png"))
     if path:
         out.append(path)
@@ -108,7 +111,8 @@ def _plots(conf: dict, args) -> list[str]:
 
         llm = FrozenLLM.load(conf["llm"], dtype=getattr(torch, conf["llm_dtype"]))
         model, _ = load_trained(spec["exp"], llm)
-        ts = load_set(os.path.join(args.dump_dir, conf["tasks"].get("asr", "test")), max_utts=args.plot_utts)
+        ts = load_set(os.path.join(args.dump_dir, conf["tasks"].get("asr", "test")), max_utts=args.plot_utts,
+                      allow_pipes=bool(conf["allow_scp_pipes"]))
         utts = [(u, ts.feats(u), ts.text[u]) for u in ts.utt_ids]
         out.append(cif_alignment_plot(model, llm, utts, os.path.join(args.image_dir, "cif_alignment.png")))
     else:

@@ -3,8 +3,11 @@
 
 Problems with single utterances (missing audio, empty transcript, transcript without audio, ...)
 are logged as skips naming the utterance and file; ``strict=True`` turns them into errors.
-Text is normalised to the mini_en convention (see w2p.data.mini_en): sentence case, no punctuation
+Text is normalised to the mini_en convention (see w2p.synth.mini_en): sentence case, no punctuation
 except a final "?" on questions.
+
+Which recipe set comes from which corpus part is the recipe's business (``egs/<recipe>/w2p1/local/``);
+``write_sets`` writes and validates the resulting data dirs.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ import json
 import logging
 import os
 import re
+from typing import Callable
 
-from w2p.data import mini_en
+from w2p.data.datadir import validate_data_dir, write_data_dir
 
 log = logging.getLogger("w2p.data.corpora")
 
@@ -55,21 +59,57 @@ def _check_root(path: str, what: str, var: str) -> None:
                           f"(download it first; see the recipe README)")
 
 
+def write_sets(out_root: str, set_names: list[str],
+               prepare: Callable[[str], tuple[dict, list[str] | None]]) -> dict[str, int]:
+    """``prepare(set_name) -> (utts, intents or None)`` for each set -> ``<out_root>/<set>/``, each validated
+    (audio files included). Returns {set: number of utterances}."""
+    summary = {}
+    for name in set_names:
+        utts, intents = prepare(name)
+        d = os.path.join(out_root, name)
+        write_data_dir(d, utts, intents)
+        summary[name] = validate_data_dir(d, "data", check_files=True)["utts"]
+    log.info("prepared: %s", json.dumps(summary))
+    return summary
+
+
 # ------------------------------------------------------------------------------------------- mini_en
-def prepare_mini_en(corpus_dir: str, set_name: str) -> dict:
+def _mini_en_stats(corpus_dir: str) -> dict:
+    p = os.path.join(corpus_dir, "stats.json")
+    if not os.path.isfile(p):
+        raise CorpusError(f"{p} missing: the mini_en corpus in {corpus_dir} is not synthesised (or not finished); "
+                          f"run stage 0 first")
+    with open(p, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def prepare_mini_en(corpus_dir: str, set_name: str) -> tuple[dict, list[str] | None]:
+    """One set of the corpus written by ``w2p.synth.make_corpus``: (utts, intents for the SLU sets else None)."""
+    have = _mini_en_stats(corpus_dir).get("utterances", {})
+    if set_name not in have:
+        raise CorpusError(f"set {set_name!r} is not part of the mini_en corpus in {corpus_dir} (it has: "
+                          f"{' '.join(have)}); fix --train_set/--valid_set/--test_sets/--tasks in run.sh")
     p = os.path.join(corpus_dir, f"{set_name}.jsonl")
     if not os.path.isfile(p):
-        raise CorpusError(f"{p} missing: the mini_en corpus has not been synthesised; run stage 0 first")
+        raise CorpusError(f"{p} missing although {corpus_dir}/stats.json lists it; remove {corpus_dir} and "
+                          f"run stage 0 again")
     utts = {}
     with open(p, encoding="utf-8") as f:
-        for line in f:
-            d = json.loads(line)
-            utts[d["id"]] = {k: d.get(k) for k in ("wav", "text", "spk", "ref", "question", "slots", "dur")}
-    return utts
-
-
-def mini_en_intents() -> list[str]:
-    return list(mini_en.INTENTS)
+        for ln, line in enumerate(f, 1):
+            try:
+                d = json.loads(line)
+                utts[d["id"]] = {k: d.get(k) for k in ("wav", "text", "spk", "ref", "question", "slots", "dur")}
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CorpusError(f"{p}:{ln}: not a manifest line ({e}); remove {corpus_dir} and run stage 0 "
+                                  f"again") from e
+    intents = None
+    if set_name.startswith("slu_"):
+        ip = os.path.join(corpus_dir, "intents")
+        if not os.path.isfile(ip):
+            raise CorpusError(f"{ip} missing: remove {corpus_dir} and run stage 0 again")
+        with open(ip, encoding="utf-8") as f:
+            intents = [x.strip() for x in f if x.strip()]
+    return utts, intents
 
 
 # ---------------------------------------------------------------------------------------- LibriSpeech
@@ -165,7 +205,8 @@ def prepare_slurp(root: str, split: str, *, audio_dir: str | None = None, strict
     _check_root(root, "SLURP", "SLURP")
     jl = os.path.join(root, "dataset", "slurp", f"{split}.jsonl")
     if not os.path.isfile(jl):
-        raise CorpusError(f"{jl} missing. Fix: SLURP must be laid out as slurp/dataset/slurp/{{train,devel,test}}.jsonl")
+        raise CorpusError(f"{jl} missing. Fix: SLURP must be laid out as "
+                          "slurp/dataset/slurp/{train,devel,test}.jsonl")
     audio = audio_dir or os.path.join(root, "audio", "slurp_real")
     intents = set()
     for s in ("train", "devel", "test"):

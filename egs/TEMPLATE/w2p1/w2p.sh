@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Wav2Prompt recipe template (ESPnet style). Recipes call it from egs/<corpus>/w2p1/run.sh.
-# Each stage is a `log` line plus one Python entry point under w2p/bin (jobs go through ${cmd}).
+# Wav2Prompt recipe template (ESPnet style). Recipes call it from egs/<recipe>/w2p1/run.sh.
+# Stages 0-1 run the recipe's own local/data.sh (its corpora); every other stage is a `log` line plus Python entry
+# points under w2p/bin (jobs go through ${cmd}); stages 4-9 take their systems from the recipe's conf/systems.yaml.
 # Stage blocks are delimited by "# Stage N:" headers; owners replace only their block's body.
 set -e
 set -u
@@ -22,9 +23,7 @@ ngpu=0               # GPUs per training job (0 = CPU)
 seed=0               # global seed (corpus generation, training)
 python=python        # python of tools/venv (path.sh activates it)
 
-# Corpus / data
-corpus=mini_en       # mini_en (synthesised with espeak-ng) or librispeech (local corpora from db.sh)
-corpus_dir=corpus    # mini_en: where stage 0 writes wavs + manifests
+# Corpus / data (stages 0-1 run the recipe's local/data.sh: the corpus is the recipe's business)
 max_utts=0           # cap every set at this many utterances (0 = full corpus; for quick tests)
 datadir=data         # Kaldi-style data dirs data/<set>
 dumpdir=dump         # features: ${dumpdir}/fbank/<set>
@@ -34,57 +33,61 @@ valid_set=dev
 test_sets="test"
 tasks="st slu sqqa sqa"   # zero-shot tasks; sets <task>_fewshot and <task>_test
 resample=true        # resample audio that is not 16 kHz (false: such files are errors)
-local_data_opts=""   # extra options for prepare_data (local corpora: paths from db.sh)
+local_data_opts=""   # extra options for local/data.sh (e.g. mini_en: "--corpus_dir corpus")
 
 # LLM and systems (used by stages 3-10)
 llm=smollm2-135m     # frozen LLM: name or local path (w2p.llm.resolve_llm)
-train_config=conf/train_wav2prompt.yaml   # Wav2Prompt (stage 4)
+systems_config=conf/systems.yaml          # the systems stages 4-9 train, decode and score (w2p.bin.systems)
+train_config=conf/train_wav2prompt.yaml   # Wav2Prompt (stage 4; systems.yaml: config --train_config)
 ce_config=""         # stage 4 CE phase, laid over train_config: + the frozen LLM's cross-entropy ("" = none)
-asr_config=conf/train_asr_ctc.yaml        # CTC ASR for the ASR->LLM cascade (stage 5)
-encllm_config=conf/train_encoder_llm.yaml # Encoder-LLM baseline (stage 5)
-nomse_config=conf/train_wav2prompt_nomse.yaml  # no-MSE ablation (stage 5)
-fewshot_config=conf/finetune_fewshot.yaml # few-shot fine-tuning (stage 7)
-decode_config=conf/decode.yaml            # decoding (stages 6, 8)
+fewshot_config=conf/finetune_fewshot.yaml # few-shot fine-tuning (stage 7; systems.yaml: config --fewshot_config)
+decode_config=conf/decode.yaml            # decoding and scoring settings (stages 6, 8, 9)
 nbpe=500
 bpe_type=bpe       # sentencepiece type of the CTC units: bpe | unigram | char
 
-help_message=$(cat << EOF
-Usage: $0 [options]
-Stages: 0 corpus | 1 data prep | 2 fbank+cmvn | 3 LLM prep | 4 Wav2Prompt training | 5 baselines
-        6 zero-shot decoding | 7 few-shot fine-tuning | 8 few-shot decoding | 9 scoring | 10 pack model
-Options (default):
-  --stage ${stage}            first stage
-  --stop_stage ${stop_stage}  last stage
-  --nj ${nj}                  parallel jobs (synthesis, features)
-  --nproc ${nproc}            CPU threads per process
-  --ngpu ${ngpu}              GPUs for training (0 = CPU)
-  --seed ${seed}              global seed
-  --corpus ${corpus}          mini_en | librispeech
-  --corpus_dir ${corpus_dir}  synthesised corpus dir (mini_en)
-  --max_utts ${max_utts}      cap each set (0 = full; for quick tests)
-  --datadir ${datadir} --dumpdir ${dumpdir} --expdir ${expdir}
-  --train_set ${train_set} --valid_set ${valid_set} --test_sets "${test_sets}"
-  --tasks "${tasks}"          zero-shot tasks (sets <task>_fewshot, <task>_test)
-  --resample ${resample}      resample non-16 kHz audio (false: error)
-  --local_data_opts "..."     extra prepare_data options (local corpus paths)
-  --llm ${llm}                frozen LLM
-  --train_config ${train_config}
-  --ce_config "${ce_config}"  layer over train_config for stage 4's CE phase ("" = no CE phase)
-  --asr_config ${asr_config}
-  --encllm_config ${encllm_config}
-  --nomse_config ${nomse_config}
-  --fewshot_config ${fewshot_config}
-  --decode_config ${decode_config}
-  --nbpe ${nbpe}              BPE size for the CTC ASR (an upper bound for --bpe_type char)
-  --bpe_type ${bpe_type}        sentencepiece type of the CTC units (bpe | unigram | char)
-EOF
-)
+# --help: a function, so that it shows the values in force when --help is parsed (run.sh passes the recipe's own
+# options before "$@"), not only the defaults above
+usage() {
+  local o='  %-44s %s\n'
+  echo "Usage: $0 [options]"
+  echo "Stages: 0 corpus | 1 data prep | 2 fbank+cmvn | 3 LLM prep | 4 Wav2Prompt training | 5 baselines"
+  echo "        6 zero-shot decoding | 7 few-shot fine-tuning | 8 few-shot decoding | 9 scoring | 10 pack model"
+  echo "Options (the values this recipe passes, else the template defaults):"
+  # shellcheck disable=SC2059
+  {
+  printf "$o" "--stage ${stage}" "first stage"
+  printf "$o" "--stop_stage ${stop_stage}" "last stage"
+  printf "$o" "--nj ${nj}" "parallel jobs (corpus, features)"
+  printf "$o" "--nproc ${nproc}" "CPU threads per process"
+  printf "$o" "--ngpu ${ngpu}" "GPUs for training (0 = CPU)"
+  printf "$o" "--seed ${seed}" "global seed"
+  printf "$o" "--max_utts ${max_utts}" "cap each set (0 = full; for quick tests)"
+  printf "$o" "--datadir ${datadir}" "Kaldi-style data dirs <datadir>/<set>"
+  printf "$o" "--dumpdir ${dumpdir}" "features <dumpdir>/fbank/<set>"
+  printf "$o" "--expdir ${expdir}" "experiments: system X in <expdir>/X"
+  printf "$o" "--train_set ${train_set}" "training set"
+  printf "$o" "--valid_set ${valid_set}" "validation set"
+  printf "$o" "--test_sets \"${test_sets}\"" "ASR test sets"
+  printf "$o" "--tasks \"${tasks}\"" "zero-shot tasks (sets <task>_fewshot, <task>_test)"
+  printf "$o" "--resample ${resample}" "resample non-16 kHz audio (false: error)"
+  printf "$o" "--local_data_opts \"${local_data_opts}\"" "extra options for local/data.sh (stages 0-1)"
+  printf "$o" "--llm ${llm}" "frozen LLM"
+  printf "$o" "--systems_config ${systems_config}" "the systems of stages 4-9 (trained, decoded, scored)"
+  printf "$o" "--train_config ${train_config}" "Wav2Prompt (stage 4)"
+  printf "$o" "--ce_config \"${ce_config}\"" "laid over train_config: stage 4's CE phase (\"\" = none)"
+  printf "$o" "--fewshot_config ${fewshot_config}" "few-shot fine-tuning (stage 7)"
+  printf "$o" "--decode_config ${decode_config}" "decoding and scoring (stages 6, 8, 9)"
+  printf "$o" "--nbpe ${nbpe}" "BPE size for the CTC units (an upper bound for --bpe_type char)"
+  printf "$o" "--bpe_type ${bpe_type}" "sentencepiece type of the CTC units (bpe | unigram | char)"
+  }
+}
 
-log "$0 $*"
+cmdline="$0 $*"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck disable=SC1091
 . "${here}/utils/parse_options.sh"
-[ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; echo "${help_message}" >&2; exit 1; }
+[ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; usage >&2; exit 1; }
+log "${cmdline}"
 
 # shellcheck disable=SC1091
 . ./path.sh
@@ -105,30 +108,53 @@ validate() {
   ${python} -m w2p.bin.validate_data_dir --kind "${kind}" --hint "${hint}" "${dirs[@]}" >/dev/null
 }
 prefixed() { local p=$1; shift; for s in "$@"; do echo -n "${p}/${s} "; done; }
+# Systems (stages 4-9): ${systems_config} is the one list, read through w2p.bin.systems; system X lives in
+# ${expdir}/X. systems_of N: the systems stage N trains, one line each: name config init tasks [train_args...]
+# ('-' = none), in file order (an init before its users).
+systems_of() { ${python} -m w2p.bin.systems ${systems_config} --stage "$1"; }
+# A config given as a run.sh option in the systems file (--train_config) -> the option's value.
+config_path() {
+  case $1 in
+    --*) local v=${1#--}
+         if ! [[ ${v} =~ ^[a-z_]+_config$ ]] || ! declare -p "${v}" >/dev/null 2>&1; then
+           echo "$0: ${systems_config}: config $1 is not a run.sh option (--*_config)" >&2; exit 1
+         fi
+         echo "${!v}" ;;
+    *) echo "$1" ;;
+  esac
+}
+# Train one system with w2p.bin.train on the ASR data: train_system <exp dir> <config> [trainer options...]
+train_system() {
+  local out=$1 conf=$2; shift 2
+  # --resume: a killed run continues from its last checkpoint (a finished one only re-averages)
+  ${train_cmd} ${out}/log/train.run.log ${python} -m w2p.bin.train --config ${conf} --llm ${llm} \
+    --train_dir ${fbankdir}/${train_set} --valid_dir ${fbankdir}/${valid_set} --output_dir ${out} \
+    --num_threads ${nproc} --ngpu ${ngpu} --resume "$@"
+}
+device=$([ ${ngpu} -gt 0 ] && echo cuda || echo cpu)
+# Stages 0-1: the recipe's own corpus preparation, local/data.sh (the template knows no corpus). Every recipe's
+# script takes these options; ${local_data_opts} come last, so they can add or override.
+local_data() {
+  [ -x local/data.sh ] || {
+    echo "$0: $(pwd)/local/data.sh missing or not executable: a recipe prepares its corpus there (stages 0-1;" \
+      "see egs/mini_en/w2p1/local/data.sh)" >&2; exit 1; }
+  # shellcheck disable=SC2086
+  local/data.sh "$@" --nj ${nj} --seed ${seed} --max_utts ${max_utts} --datadir ${datadir} --sets "${all_sets}" \
+    --python ${python} ${local_data_opts}
+}
 
 # ============================================================================ Stage 0: corpus
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
-  if [ "${corpus}" = mini_en ]; then
-    log "Stage 0: synthesise the mini_en corpus with espeak-ng into ${corpus_dir} (nj=${nj})"
-    ${cmd} JOB=1:${nj} ${corpus_dir}/log/synth.JOB.log \
-      ${python} -m w2p.bin.synth_mini_en --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} --nj ${nj} --job JOB
-    ${python} -m w2p.bin.synth_mini_en --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} --finalize
-  else
-    log "Stage 0: check the local corpora named in db.sh"
-    # shellcheck disable=SC2086
-    ${python} -m w2p.bin.prepare_data --corpus ${corpus} --sets ${all_sets} --check_only ${local_data_opts}
-  fi
+  log "Stage 0: corpus (local/data.sh stage 0: synthesise it, or check the local corpora named in db.sh)"
+  local_data --stage 0 --stop_stage 0
 fi
 
 # ============================================================================ Stage 1: data prep
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
-  log "Stage 1: data preparation -> ${datadir}/{$(echo ${all_sets} | tr ' ' ,)}"
-  if [ "${corpus}" = mini_en ] && [ ! -f "${corpus_dir}/stats.json" ]; then
-    echo "$0: ${corpus_dir}/stats.json missing: the corpus is not synthesised; run stage 0 first" >&2; exit 1
-  fi
-  # shellcheck disable=SC2086
-  ${python} -m w2p.bin.prepare_data --corpus ${corpus} --src ${corpus_dir} --out ${datadir} \
-    --sets ${all_sets} --max_utts ${max_utts} ${local_data_opts}
+  log "Stage 1: data preparation (local/data.sh stage 1) -> ${datadir}/{$(echo ${all_sets} | tr ' ' ,)}"
+  local_data --stage 1 --stop_stage 1
+  # shellcheck disable=SC2046
+  validate data "local/data.sh stage 1 wrote an invalid data dir" $(prefixed ${datadir} ${all_sets})
 fi
 
 # ============================================================================ Stage 2: fbank + CMVN
@@ -156,93 +182,83 @@ fi
 
 # ============================================================================ Stage 4: Wav2Prompt training
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
-  log "Stage 4: Wav2Prompt training (${train_config})"
   validate dump "run stages 2-3 first" ${fbankdir}/${train_set} ${fbankdir}/${valid_set}
-  w2p_exp=${expdir}/wav2prompt
-  # With a CE phase, the embedding-regression model goes to wav2prompt_pre and the CE phase (the same architecture:
-  # ${ce_config} is laid over ${train_config}) continues from it into ${w2p_exp}, the system of later stages.
-  pre_exp=${w2p_exp}; readout_exps=${w2p_exp}
-  [ -n "${ce_config}" ] && { pre_exp=${expdir}/wav2prompt_pre; readout_exps="${pre_exp} ${w2p_exp}"; }
-  # --resume: a killed run continues from its last checkpoint (a finished one only re-averages)
-  ${train_cmd} ${pre_exp}/log/train.run.log ${python} -m w2p.bin.train --config ${train_config} --llm ${llm} \
-    --train_dir ${fbankdir}/${train_set} --valid_dir ${fbankdir}/${valid_set} --output_dir ${pre_exp} \
-    --num_threads ${nproc} --ngpu ${ngpu} --resume
-  if [ -n "${ce_config}" ]; then
-    log "  CE phase (${train_config} + ${ce_config}) from ${pre_exp} -> ${w2p_exp}"
-    ${train_cmd} ${w2p_exp}/log/train.run.log ${python} -m w2p.bin.train --config ${train_config} \
-      --config ${ce_config} --llm ${llm} --init ${pre_exp}/model.pt \
-      --train_dir ${fbankdir}/${train_set} --valid_dir ${fbankdir}/${valid_set} --output_dir ${w2p_exp} \
-      --num_threads ${nproc} --ngpu ${ngpu} --resume
-  fi
-  for s in ${test_sets}; do
-    for e in ${readout_exps}; do
-      log "  readout (what the LLM hears) of ${e} on ${s} -> ${e}/readout_${s}/scores.json"
-      ${python} -m w2p.bin.readout --model_dir ${e} --data_dir ${fbankdir}/${s} --llm ${llm} \
-        --num_threads ${nproc} >/dev/null
+  lines=$(systems_of 4)
+  # shellcheck disable=SC2034
+  while read -r -u 3 name conf init _tasks targs; do
+    [ -n "${name}" ] || continue  # a stage without systems
+    conf=$(config_path ${conf})
+    log "Stage 4: Wav2Prompt training: ${name} (${conf})"
+    w2p_exp=${expdir}/${name}
+    init_opt=""; [ "${init}" = - ] || init_opt="--init ${expdir}/${init}/model.pt"
+    # With a CE phase, the embedding-regression model goes to ${name}_pre and the CE phase (the same architecture:
+    # ${ce_config} is laid over ${conf}) continues from it into ${w2p_exp}, the system of later stages.
+    pre_exp=${w2p_exp}; readout_exps=${w2p_exp}
+    [ -n "${ce_config}" ] && { pre_exp=${expdir}/${name}_pre; readout_exps="${pre_exp} ${w2p_exp}"; }
+    # shellcheck disable=SC2086
+    train_system ${pre_exp} ${conf} ${init_opt} ${targs}
+    if [ -n "${ce_config}" ]; then
+      log "  CE phase (${conf} + ${ce_config}) from ${pre_exp} -> ${w2p_exp}"
+      # shellcheck disable=SC2086
+      train_system ${w2p_exp} ${conf} --config ${ce_config} --init ${pre_exp}/model.pt ${targs}
+    fi
+    for s in ${test_sets}; do
+      for e in ${readout_exps}; do
+        log "  readout (what the LLM hears) of ${e} on ${s} -> ${e}/readout_${s}/scores.json"
+        ${python} -m w2p.bin.readout --model_dir ${e} --data_dir ${fbankdir}/${s} --llm ${llm} \
+          --num_threads ${nproc} >/dev/null
+      done
     done
-  done
+  done 3<<< "${lines}"
 fi
 
 # ============================================================================ Stage 5: baselines
 if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
-  log "Stage 5: baselines: CTC ASR (${asr_config}), Encoder-LLM (${encllm_config}), no-MSE (${nomse_config})"
+  log "Stage 5: baselines (the stage-5 systems of ${systems_config})"
   validate dump "run stages 2-3 first" ${fbankdir}/${train_set} ${fbankdir}/${valid_set}
-  # The CTC ASR first, from the stage-4 encoder + its auxiliary CTC head (same data and BPE; on a CPU budget this
-  # gives the cascade a usable ASR); the two CE-only systems start from the CTC ASR encoder (prior-work practice).
-  asr_init=""; [ -f ${expdir}/wav2prompt/model.pt ] && asr_init="--init ${expdir}/wav2prompt/model.pt"
-  for spec in "${asr_config} ${expdir}/asr_ctc ${asr_init}" \
-              "${encllm_config} ${expdir}/encoder_llm --init ${expdir}/asr_ctc/model.pt" \
-              "${nomse_config} ${expdir}/wav2prompt_nomse --init ${expdir}/asr_ctc/model.pt"; do
-    set -- ${spec}
-    conf=$1; out=$2; shift 2
-    log "  train $(basename ${out}) (${conf})"
-    ${train_cmd} ${out}/log/train.run.log ${python} -m w2p.bin.train --config ${conf} --llm ${llm} \
-      --train_dir ${fbankdir}/${train_set} --valid_dir ${fbankdir}/${valid_set} --output_dir ${out} \
-      --num_threads ${nproc} --ngpu ${ngpu} --resume "$@"
-  done
+  lines=$(systems_of 5)
+  # shellcheck disable=SC2034
+  while read -r -u 3 name conf init _tasks targs; do
+    [ -n "${name}" ] || continue  # a stage without systems
+    conf=$(config_path ${conf})
+    init_opt=""; [ "${init}" = - ] || init_opt="--init ${expdir}/${init}/model.pt"
+    log "  train ${name} (${conf}) ${init_opt} ${targs}"
+    # shellcheck disable=SC2086
+    train_system ${expdir}/${name} ${conf} ${init_opt} ${targs}
+  done 3<<< "${lines}"
 fi
-
-# Systems of stages 6 and 9 (the paper's comparison, all on the same frozen LLM): the exp dirs of stages 4-5,
-# and (scored in stage 9 when present) the fine-tuned ones of stages 7-8. Paths must not contain spaces.
-zeroshot_systems="--systems.wav2prompt.exp ${expdir}/wav2prompt --systems.w2p_nomse.exp ${expdir}/wav2prompt_nomse
-  --systems.encoder_llm.exp ${expdir}/encoder_llm --systems.cascade.exp ${expdir}/asr_ctc
-  --systems.cascade.out ${expdir}/cascade --systems.gold.out ${expdir}/gold_text"
-fewshot_systems="--systems.w2p_fewshot.kind wav2prompt --systems.w2p_fewshot.out ${expdir}/w2p_fewshot
-  --systems.w2p_fewshot_nomse.kind wav2prompt --systems.w2p_fewshot_nomse.out ${expdir}/w2p_fewshot_nomse
-  --systems.cascade_fewshot.kind cascade --systems.cascade_fewshot.out ${expdir}/cascade_fewshot"
 
 # ============================================================================ Stage 6: zero-shot decoding
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
-  log "Stage 6: zero-shot decoding of every system on ${task_sets}${test_sets}"
+  log "Stage 6: zero-shot decoding of every system of ${systems_config} on ${task_sets}${test_sets}"
   # shellcheck disable=SC2046
   validate dump "run stage 2 first" $(prefixed ${fbankdir} ${test_sets} ${task_sets})
-  # systems, tasks, beam, utterance caps: ${decode_config}; the exp dirs of stages 4-5 are passed in
+  # tasks, beam, utterance caps: ${decode_config}; systems: ${systems_config} (all but the few-shot ones)
   ${decode_cmd} ${expdir}/decode/log/decode.log ${python} -m w2p.bin.decode --config ${decode_config} \
-    --dump_dir ${fbankdir} --llm ${llm} --num_threads ${nproc} --device $([ ${ngpu} -gt 0 ] && echo cuda || echo cpu) \
-    ${zeroshot_systems}
+    --systems_config ${systems_config} --expdir ${expdir} --dump_dir ${fbankdir} --llm ${llm} \
+    --num_threads ${nproc} --device ${device}
 fi
 
 # ============================================================================ Stage 7: few-shot fine-tuning
 if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
-  log "Stage 7: few-shot fine-tuning (${fewshot_config})"
+  log "Stage 7: few-shot fine-tuning (the stage-7 systems of ${systems_config})"
   # shellcheck disable=SC2046
   validate dump "run stage 2 first" $(for t in ${tasks}; do echo -n "${fbankdir}/${t}_fewshot "; done)
-  # One model per task, fine-tuned from the stage-4 model on its <task>_fewshot set (same cost as one model on
-  # the union: every utterance is seen once per epoch) -> ${expdir}/w2p_fewshot/<task>. The lambda_mse = 0
-  # ablation (same config, model_conf.mse_weight 0) is trained for the first task only (st) to fit the CPU
-  # budget -> ${expdir}/w2p_fewshot_nomse/<task>. With model_conf.llm_lora true in the config, the cascade's LLM
-  # is LoRA-tuned on its ASR transcripts of the same sets -> ${expdir}/cascade_fewshot/<task>.
+  # One model per system and task, fine-tuned from its init system on the task's <task>_fewshot set (same cost as
+  # one model on the union: every utterance is seen once per epoch) -> ${expdir}/<system>/<task>. A system with
+  # `tasks` in the systems file is fine-tuned on those tasks only.
+  lines=$(systems_of 7)
   for t in ${tasks}; do
-    for spec in "w2p_fewshot ${expdir}/wav2prompt" "w2p_fewshot_nomse ${expdir}/wav2prompt --model_conf.mse_weight 0" \
-                "cascade_fewshot ${expdir}/asr_ctc --only_with_lora"; do
-      set -- ${spec}
-      name=$1; init=$2; shift 2
-      [ ${name} != w2p_fewshot_nomse ] || [ ${t} = "${tasks%% *}" ] || continue
-      log "  fine-tune ${name}/${t} from ${init} $*"
-      ${train_cmd} ${expdir}/${name}/${t}/log/finetune.log ${python} -m w2p.bin.finetune --config ${fewshot_config} \
-        --init_exp ${init} --train_sets ${fbankdir}/${t}_fewshot --output_dir ${expdir}/${name}/${t} --llm ${llm} \
-        --num_threads ${nproc} --ngpu ${ngpu} --resume "$@"
-    done
+    while read -r -u 3 name conf init only targs; do
+      [ -n "${name}" ] || continue
+      [ "${only}" = - ] || [[ ",${only}," == *",${t},"* ]] || continue
+      conf=$(config_path ${conf})
+      log "  fine-tune ${name}/${t} (${conf}) from ${expdir}/${init} ${targs}"
+      # shellcheck disable=SC2086
+      ${train_cmd} ${expdir}/${name}/${t}/log/finetune.log ${python} -m w2p.bin.finetune --config ${conf} \
+        --init_exp ${expdir}/${init} --train_sets ${fbankdir}/${t}_fewshot --output_dir ${expdir}/${name}/${t} \
+        --llm ${llm} --num_threads ${nproc} --ngpu ${ngpu} --resume ${targs}
+    done 3<<< "${lines}"
   done
 fi
 
@@ -256,16 +272,14 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
   # the process that loads them. No SLU calibration: subtracting the label scores of a content-free TEXT input
   # corrects the zero-shot label prior, but a fine-tuned prompt was trained on the labels (calibrated, every
   # utterance got the same intent).
+  names=$(${python} -m w2p.bin.systems ${systems_config} --stage 7 --names)
   for t in ${tasks}; do
-    for spec in "w2p_fewshot wav2prompt" "w2p_fewshot_nomse wav2prompt" "cascade_fewshot cascade"; do
-      set -- ${spec}
-      name=$1; kind=$2
+    for name in ${names}; do
       [ -f ${expdir}/${name}/${t}/model.pt ] || continue
-      log "  decode ${name}/${t} (${kind}) on ${t}_test"
+      log "  decode ${name}/${t} on ${t}_test"
       ${decode_cmd} ${expdir}/${name}/log/decode_${t}.log ${python} -m w2p.bin.decode --config ${decode_config} \
-        --dump_dir ${fbankdir} --llm ${llm} --num_threads ${nproc} --device $([ ${ngpu} -gt 0 ] && echo cuda || echo cpu) \
-        --systems ${name} --tasks ${t} --systems.${name}.kind ${kind} --systems.${name}.exp ${expdir}/${name}/${t} \
-        --systems.${name}.out ${expdir}/${name} --calibrate false
+        --systems_config ${systems_config} --expdir ${expdir} --systems ${name} --tasks ${t} \
+        --dump_dir ${fbankdir} --llm ${llm} --num_threads ${nproc} --device ${device} --calibrate false
     done
   done
 fi
@@ -273,9 +287,9 @@ fi
 # ============================================================================ Stage 9: scoring
 if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
   log "Stage 9: scoring -> RESULTS.md (+ images/cif_alignment.png, images/training_curves.png)"
-  ${python} -m w2p.bin.score --config ${decode_config} --dump_dir ${fbankdir} --llm ${llm} \
-    --out RESULTS.md --image_dir images \
-    ${zeroshot_systems} ${fewshot_systems} --skip_missing
+  # every decoded system of ${systems_config}, in its order and with its label; those not decoded are left out
+  ${python} -m w2p.bin.score --config ${decode_config} --systems_config ${systems_config} --expdir ${expdir} \
+    --dump_dir ${fbankdir} --llm ${llm} --out RESULTS.md --image_dir images --skip_missing
 fi
 
 # ============================================================================ Stage 10: pack model

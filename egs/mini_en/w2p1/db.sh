@@ -1,2 +1,3 @@
-# Corpus locations. mini_en is synthesised locally by stage 0 and needs no download.
-MINI_EN=corpus
+# Corpus locations (override by exporting the variables before ./run.sh).
+#   MINI_EN : where stage 0 synthesises the corpus (it needs no download). Paths must not contain spaces.
+MINI_EN=${MINI_EN:-corpus}

@@ -5,16 +5,13 @@ set -u
 set -o pipefail
 
 ./w2p.sh \
-  --corpus mini_en \
   --train_set train --valid_set dev --test_sets "test" \
   --tasks "st slu sqqa sqa" \
   --llm smollm2-135m \
+  --systems_config conf/systems.yaml \
   --nbpe 100 --bpe_type char \
   --nproc 2 \
   --train_config conf/train_wav2prompt.yaml --ce_config conf/train_wav2prompt_ce.yaml \
-  --asr_config conf/train_asr_ctc.yaml \
-  --encllm_config conf/train_encoder_llm.yaml \
-  --nomse_config conf/train_wav2prompt_nomse.yaml \
   --fewshot_config conf/finetune_fewshot.yaml \
   --decode_config conf/decode.yaml \
   "$@"

@@ -30,7 +30,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from w2p.data import lexicon as L
+from w2p.synth import lexicon as L
 
 ASR_SETS = ("train", "dev", "test")
 TASKS = ("st", "slu", "sqqa", "sqa")
@@ -360,7 +360,8 @@ CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germa
             ("Thailand", "Bangkok"), ("South Korea", "Seoul"), ("Kenya", "Nairobi"), ("Cuba", "Havana"),
             ("Belgium", "Brussels"), ("the Netherlands", "Amsterdam"), ("Turkey", "Ankara"), ("Finland", "Helsinki"),
             ("Hungary", "Budapest"), ("Scotland", "Edinburgh"), ("Mexico", "Mexico City"), ("India", "New Delhi")]
-COLOURS_OF = [("the sky", "is", "blue"), ("grass", "is", "green"), ("snow", "is", "white"), ("a banana", "is", "yellow"),
+COLOURS_OF = [("the sky", "is", "blue"), ("grass", "is", "green"), ("snow", "is", "white"),
+              ("a banana", "is", "yellow"),
               ("milk", "is", "white"), ("coal", "is", "black"), ("a lemon", "is", "yellow"), ("a tomato", "is", "red"),
               ("blood", "is", "red"), ("chocolate", "is", "brown"), ("a carrot", "is", "orange"),
               ("the sun", "is", "yellow"), ("a strawberry", "is", "red"), ("a frog", "is", "green"),

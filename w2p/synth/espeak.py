@@ -1,4 +1,4 @@
-"""espeak-ng synthesis of the mini_en corpus: voice/speed/pitch per utterance, 16 kHz mono 16-bit wav."""
+"""espeak-ng speech for the mini_en corpus: voice/speed/pitch per utterance, 16 kHz mono float samples."""
 from __future__ import annotations
 
 import io

@@ -437,7 +437,8 @@ def _parse_adjs() -> list[Adj]:
         fs = fs or (ms if ms.endswith("e") else ms + "e")
         mp = mp or _plural_fr(ms)
         fp = fp or (fs if fs.endswith("s") else fs + "s")
-        out.append(Adj(en, ms, fs, mp, fp, pos == "pre", frozenset(tags.split(",")), parts[7] if len(parts) > 7 else ""))
+        note = parts[7] if len(parts) > 7 else ""
+        out.append(Adj(en, ms, fs, mp, fp, pos == "pre", frozenset(tags.split(",")), note))
     return out
 
 
@@ -467,18 +468,8 @@ def starts_vowel(w: str) -> bool:
     return bool(w) and w[0].lower() in VOWELS_FR and w.lower() not in NO_ELISION
 
 
-def elide(word: str, nxt: str) -> str:
-    """le/la/je/de/ce... before a vowel: l', j', d'; returns word + separator glued to nxt."""
-    if starts_vowel(nxt):
-        if word in ("le", "la"):
-            return "l'"
-        if word in ("je", "de", "ne", "que"):
-            return word[0] + "'"
-    return word + " "
-
-
 def join_fr(tokens: list[str]) -> str:
-    """Join French tokens applying elision (a token ending in an apostrophe glues to the next)."""
+    """Join French tokens, eliding le/la/je/de before a vowel sound (l'arbre, j'ai, d'or)."""
     out = ""
     for i, t in enumerate(tokens):
         nxt = tokens[i + 1] if i + 1 < len(tokens) else ""

@@ -1,4 +1,6 @@
-"""Stage 0 of egs/mini_en: generate the mini_en text (seeded) and speak it with espeak-ng.
+"""Stage 0 of egs/mini_en (local/data.sh): generate the mini_en text (seeded) and speak it with espeak-ng.
+
+  python -m w2p.synth.make_corpus --corpus corpus [--seed 0] [--max_utts N] [--nj N --job J | --finalize]
 
 Run as N parallel jobs (``--nj N --job J``, J = 1..N, e.g. through run.pl), then once with
 ``--finalize`` which checks that every wav exists and writes the manifests
@@ -17,12 +19,12 @@ import time
 
 import soundfile as sf
 
-from w2p.data import mini_en
 from w2p.data.audio import write_wav_atomic
 from w2p.io import write_atomic
-from w2p.data.synth import check_espeak, draw_speakers, synthesize
+from w2p.synth import mini_en
+from w2p.synth.espeak import check_espeak, draw_speakers, synthesize
 
-log = logging.getLogger("synth_mini_en")
+log = logging.getLogger("make_corpus")
 
 
 def plan(seed: int, max_utts: int | None, corpus: str) -> list[dict]:
@@ -68,7 +70,7 @@ def run_job(utts: list[dict], nj: int, job: int) -> int:
 def finalize(utts: list[dict], corpus: str, seed: int) -> dict:
     missing = [u for u in utts if not _valid_wav(u["wav"])]
     if missing:
-        raise SystemExit(f"synth_mini_en: {len(missing)} wavs missing or unreadable, e.g. {missing[0]['wav']} "
+        raise SystemExit(f"make_corpus: {len(missing)} wavs missing or unreadable, e.g. {missing[0]['wav']} "
                          f"(utterance {missing[0]['id']}); re-run stage 0 to synthesise them")
     by_set: dict[str, list[str]] = {}
     secs: dict[str, float] = {}
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
         with open(stamp) as f:
             old = json.load(f)
         if old != cfg:
-            raise SystemExit(f"synth_mini_en: {a.corpus} was generated with {old}, not {cfg}; "
+            raise SystemExit(f"make_corpus: {a.corpus} was generated with {old}, not {cfg}; "
                              f"remove {a.corpus} or use the same options")
     else:
         write_atomic(stamp, json.dumps(cfg) + "\n")

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Corpus preparation of egs/mini_en (w2p.sh stages 0 and 1 call it with --stage N --stop_stage N):
+#   stage 0: synthesise the mini_en corpus with espeak-ng into ${corpus_dir} (w2p.synth.make_corpus, nj jobs);
+#   stage 1: Kaldi-style ${datadir}/<set>/ from its manifests (local/data_prep.py).
+set -e
+set -u
+set -o pipefail
+
+log() {
+  local fname=${BASH_SOURCE[1]##*/}
+  echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+
+# shellcheck disable=SC1091
+. ./db.sh
+
+stage=0
+stop_stage=1
+nj=1                 # parallel synthesis jobs
+seed=0               # the corpus is a function of the seed (texts, voices)
+max_utts=0           # cap every set (0 = full corpus; for quick tests)
+datadir=data
+sets="train dev test"
+python=python
+corpus_dir=${MINI_EN}   # where stage 0 writes wav/<set>/*.wav + <set>.jsonl manifests (db.sh)
+
+usage() {
+  echo "Usage: $0 [--stage ${stage}] [--stop_stage ${stop_stage}] [--nj ${nj}] [--seed ${seed}] [--max_utts ${max_utts}]"
+  echo "       [--datadir ${datadir}] [--sets \"${sets}\"] [--corpus_dir ${corpus_dir}] [--python ${python}]"
+}
+
+. utils/parse_options.sh
+[ $# -eq 0 ] || { echo "$0: unexpected arguments: $*" >&2; usage >&2; exit 1; }
+
+# shellcheck disable=SC1091
+. ./path.sh
+# shellcheck disable=SC1091
+. ./cmd.sh
+
+if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
+  log "local/data.sh stage 0: synthesise the mini_en corpus with espeak-ng into ${corpus_dir} (nj=${nj})"
+  ${cmd} JOB=1:${nj} ${corpus_dir}/log/synth.JOB.log \
+    ${python} -m w2p.synth.make_corpus --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} --nj ${nj} --job JOB
+  ${python} -m w2p.synth.make_corpus --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} --finalize
+fi
+
+if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+  log "local/data.sh stage 1: ${corpus_dir} manifests -> ${datadir}/{$(echo ${sets} | tr ' ' ,)}"
+  if [ ! -f "${corpus_dir}/stats.json" ]; then
+    echo "$0: ${corpus_dir}/stats.json missing: the corpus is not synthesised; run stage 0 first" >&2; exit 1
+  fi
+  # shellcheck disable=SC2086
+  ${python} local/data_prep.py --src ${corpus_dir} --out ${datadir} --sets ${sets}
+fi

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Stage 1 of egs/mini_en (local/data.sh): Kaldi-style data/<set>/ dirs from the synthesised corpus's manifests.
+
+  local/data_prep.py --src corpus --out data --sets train dev test st_fewshot st_test ...
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from w2p.data import corpora
+from w2p.data.datadir import DataDirError
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--src", default="corpus", help="the corpus dir written by stage 0 (w2p.synth.make_corpus)")
+    ap.add_argument("--out", default="data", help="output root (data/<set>)")
+    ap.add_argument("--sets", nargs="+", required=True)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        corpora.write_sets(a.out, a.sets, lambda s: corpora.prepare_mini_en(a.src, s))
+    except (corpora.CorpusError, DataDirError) as e:
+        print(f"local/data_prep.py: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
