@@ -269,13 +269,21 @@ def test_non_utf8_text_names_the_file_and_line(tmp_path):
 def test_temporaries_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
     from w2p.io import TMP_MARK, atomic_path, write_atomic
 
+    import socket
+
+    host = socket.gethostname().split(".")[0]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
     target = tmp_path / "feats.1.ark"
-    stale = tmp_path / f".feats.1.ark.abc123{TMP_MARK}"
+    stale = tmp_path / f".feats.1.ark.{host}-{dead.pid}.abc123{TMP_MARK}"  # its writer was killed
     stale.write_bytes(b"half")
-    other = tmp_path / f".other.ark.abc123{TMP_MARK}"  # another file's temporary: left alone
+    live = tmp_path / f".feats.1.ark.{host}-{os.getppid()}.abc123{TMP_MARK}"  # a running writer's: kept
+    live.write_bytes(b"x")
+    other = tmp_path / f".other.ark.{host}-{dead.pid}.abc123{TMP_MARK}"  # another file's temporary: left alone
     other.write_bytes(b"x")
     write_atomic(str(target), b"data")
-    assert target.read_bytes() == b"data" and not stale.exists() and other.exists()
+    assert target.read_bytes() == b"data" and not stale.exists() and live.exists() and other.exists()
+    live.unlink()
     with pytest.raises(OSError):  # a failed write (e.g. a full disk) leaves no temporary and the old file
         with atomic_path(str(target)) as tmp:
             open(tmp, "wb").write(b"partial")

@@ -74,7 +74,7 @@ def test_help_lists_every_bin_program_and_info():
     proc = run_python("-m", "w2p.cli", "--help")
     assert proc.returncode == 0, proc.stderr
     listed = {m.group(1) for m in re.finditer(r"^  (\S+)  ", proc.stdout, re.M)}
-    assert {"train", "info", "decode", "prepare-data"} <= listed, proc.stdout
+    assert {"train", "info", "decode", "systems"} <= listed, proc.stdout
     assert re.search(r"^  train +Train a system", proc.stdout, re.M), proc.stdout
     programs = set()
     for info in pkgutil.iter_modules(w2p.bin.__path__):

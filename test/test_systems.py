@@ -102,7 +102,7 @@ def fake_decoder(monkeypatch, tmp_path):
     utts = ["u1", "u2"]
     ts = types.SimpleNamespace(utt_ids=utts, text={u: "the cat sat" for u in utts})
 
-    def load_set(path, max_utts=None):
+    def load_set(path, max_utts=None, allow_pipes=False):
         return types.SimpleNamespace(name=os.path.basename(path), **vars(ts))
 
     def decode_task(llm, system, task, tset, **kw):

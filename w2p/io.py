@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections import OrderedDict
@@ -33,6 +34,31 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+_OWNER = f"{socket.gethostname().split('.')[0]}-{os.getpid()}"  # who writes a temporary: host and process
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale(parent: str, base: str) -> None:
+    """Remove temporaries of ``base`` left by a killed run or a full disk: those of a process of this host that no
+    longer runs (another process may be writing the same file right now, e.g. parallel jobs)."""
+    host = _OWNER.rsplit("-", 1)[0]
+    for old in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.*{TMP_MARK}*")):
+        owner = os.path.basename(old)[len(base) + 2:].split(".", 1)[0]
+        h, _, pid = owner.rpartition("-")
+        if h == host and pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(old)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, *, suffix: str = ""):
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``, on error removed.
@@ -41,11 +67,8 @@ def atomic_path(path: str, *, suffix: str = ""):
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    # temporaries of this destination left by a killed run or a full disk (one writer per file)
-    for old in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(os.path.basename(path))}.*{TMP_MARK}*")):
-        with contextlib.suppress(OSError):
-            os.unlink(old)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TMP_MARK + suffix, dir=parent)
+    _remove_stale(parent, os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{_OWNER}.", suffix=TMP_MARK + suffix, dir=parent)
     os.close(fd)
     try:
         yield tmp

@@ -110,7 +110,8 @@ def score_decode_dir(decode_dir: str, task: str) -> dict:
     if os.path.isfile(timing_p):
         with open(timing_p) as f:
             tm = json.load(f)
-        scores["n_dropped"] = int(tm.get("n_dropped", 0))
+        if "n_dropped" in tm:  # decode dirs of earlier versions do not say
+            scores["n_dropped"] = int(tm["n_dropped"])
         if tm.get("audio_sec"):
             scores["rtf"] = round(tm["decode_sec"] / tm["audio_sec"], 4)
     write_atomic(os.path.join(decode_dir, "scores.json"), json.dumps(scores, indent=1) + "\n")
