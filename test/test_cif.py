@@ -256,6 +256,35 @@ def test_training_gradient_flows_through_the_scaling():
     assert a.grad.abs().max() > 1e-3
 
 
+# ---------------------------------------------------------------------------- CPU kernel layout
+@pytest.mark.parametrize("B,T,C", [(1, 600, 203), (3, 257, 61)])
+@pytest.mark.parametrize("training", [False, True])
+def test_ext_results_do_not_depend_on_the_thread_count(B, T, C, training):
+    # the kernels split rows into pieces of frames / outputs per thread; a piece boundary must not
+    # change any sum (bit-identical outputs and gradients)
+    g = torch.Generator().manual_seed(B * T + C)
+    h = torch.randn(B, T, C, generator=g)
+    a = torch.rand(B, T, generator=g) * 1.6
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
+    lengths[0] = T
+    target = torch.randint(1, T // 2, (B,), generator=g) if training else None
+    w = torch.randn(B, T, C, generator=g)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            hh, aa = h.clone().requires_grad_(), a.clone().requires_grad_()
+            res = cif(hh, aa, lengths, target_lengths=target, tail_threshold=0.2, backend="ext")
+            grads = torch.autograd.grad((res.out * w[:, : res.out.shape[1]]).sum(), (hh, aa))
+            results.append((res.out, res.fire_frames) + grads)
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            assert torch.equal(x, y)
+
+
 # ---------------------------------------------------------------------------- torch-cif peer
 torch_cif = pytest.importorskip("torch_cif")
 
