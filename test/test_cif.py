@@ -248,6 +248,28 @@ def test_reference_backward_function_matches_op():
         torch.testing.assert_close(x, y)
 
 
+def test_backward_of_a_row_without_outputs_is_zero():
+    # target 0 gives a row no outputs (m = -1): nothing may be read from grad_out for it
+    h, a = _grad_inputs(8, B=3, T=6)
+    lengths, target = torch.tensor([6, 4, 5]), torch.tensor([2, 0, 3])
+    out, out_lengths, _ = torch.ops.w2p.cif_forward(h.detach(), a.detach(), lengths, 1.0, target, 0.5)
+    assert out_lengths.tolist() == [2, 0, 3]
+    g = torch.randn_like(out)
+    op = torch.ops.w2p.cif_backward(g, h.detach(), a.detach(), lengths, out, 1.0, target, 0.5)
+    ref = cif_reference_backward(g, h.detach(), a.detach(), lengths, 1.0, target, 0.5, out=out)
+    assert torch.count_nonzero(op[0][1]) == 0 and torch.count_nonzero(op[1][1]) == 0
+    for x, y in zip(op, ref):
+        torch.testing.assert_close(x, y)
+    # a batch where no row has outputs
+    none = torch.zeros(3, dtype=torch.long)
+    out, _, _ = torch.ops.w2p.cif_forward(h.detach(), a.detach(), lengths, 1.0, none, 0.5)
+    g = torch.zeros_like(out)
+    op = torch.ops.w2p.cif_backward(g, h.detach(), a.detach(), lengths, out, 1.0, none, 0.5)
+    ref = cif_reference_backward(g, h.detach(), a.detach(), lengths, 1.0, none, 0.5, out=out)
+    for x, y in zip(op, ref):
+        assert torch.count_nonzero(x) == 0 and torch.count_nonzero(y) == 0
+
+
 def test_training_gradient_flows_through_the_scaling():
     h, a = _grad_inputs(9, B=1, T=10, amax=0.9)
     res = cif(h, a, target_lengths=torch.tensor([4]))
@@ -255,6 +277,63 @@ def test_training_gradient_flows_through_the_scaling():
     # scaling to a fixed sum: the gradient has no component along the alphas themselves
     assert abs(float((a.grad * a.detach()).sum())) < 1e-9
     assert a.grad.abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------- CPU kernel layout
+@HYP(30)
+@given(cif_case(max_b=3, max_t=30), st.integers(1, 600).filter(lambda c: c % 8 != 0),
+       st.sampled_from([torch.float64, torch.float32]), st.integers(0, 2**31 - 1))
+def test_ext_matches_oracle_with_channels_not_a_multiple_of_the_vector_width(case, C, dtype, seed):
+    # the C++ kernels process channels in vectors of 8 lanes plus a scalar remainder
+    _, a, lengths, beta, target, tail = case
+    B, T = a.shape
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(B, T, C, generator=g, dtype=torch.float64).to(dtype)
+    a = a.to(dtype)
+    kw = dict(threshold=beta, target_lengths=target, tail_threshold=tail)
+    got, ref = {}, {}
+    for backend, dst in (("ext", got), ("reference", ref)):
+        hh, aa = h.clone().requires_grad_(), a.clone().requires_grad_()
+        res = cif(hh, aa, lengths, backend=backend, **kw)
+        w = torch.randn(res.out.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+        dst.update(res=res, grads=torch.autograd.grad((res.out * w.to(dtype)).sum(), (hh, aa), allow_unused=True))
+    assert torch.equal(got["res"].out_lengths, ref["res"].out_lengths)
+    assert torch.equal(got["res"].fire_frames, ref["res"].fire_frames)
+    tol = dict(atol=1e-9, rtol=1e-9) if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got["res"].out, ref["res"].out, **tol)
+    for x, y in zip(got["grads"], ref["grads"]):
+        x = torch.zeros_like(a if y is None or y.dim() == 2 else h) if x is None else x
+        y = torch.zeros_like(x) if y is None else y
+        scale = 1.0 if dtype == torch.float64 else max(1.0, float(y.abs().max()))  # fp32 dot products over C
+        torch.testing.assert_close(x / scale, y / scale, **tol)
+
+
+@pytest.mark.parametrize("B,T,C", [(1, 600, 203), (3, 257, 61)])
+@pytest.mark.parametrize("training", [False, True])
+def test_ext_results_do_not_depend_on_the_thread_count(B, T, C, training):
+    # the kernels split rows into pieces of frames / outputs per thread; a piece boundary must not
+    # change any sum (bit-identical outputs and gradients)
+    g = torch.Generator().manual_seed(B * T + C)
+    h = torch.randn(B, T, C, generator=g)
+    a = torch.rand(B, T, generator=g) * 1.6
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
+    lengths[0] = T
+    target = torch.randint(1, T // 2, (B,), generator=g) if training else None
+    w = torch.randn(B, T, C, generator=g)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            hh, aa = h.clone().requires_grad_(), a.clone().requires_grad_()
+            res = cif(hh, aa, lengths, target_lengths=target, tail_threshold=0.2, backend="ext")
+            grads = torch.autograd.grad((res.out * w[:, : res.out.shape[1]]).sum(), (hh, aa))
+            results.append((res.out, res.fire_frames) + grads)
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            assert torch.equal(x, y)
 
 
 # ---------------------------------------------------------------------------- torch-cif peer

@@ -257,6 +257,8 @@ def cif_reference_backward(grad_out: Tensor, hidden: Tensor, alphas: Tensor, len
         U = None if target_lengths is None else int(target_lengths[b])
         m, n_out, end_scale, tail_r = _row_plan(S, beta, U, tail_threshold)
         n_out = min(n_out, grad_out.shape[1])
+        if n_out <= 0:  # no outputs (target 0): no gradient; m = -1 would index output -1
+            continue
 
         def open_index(s):
             return min(_count_fires(s, beta), m)

@@ -2,13 +2,28 @@
 
     python -m w2p.bin.benchmark_cif [--device cpu|cuda] [--json out.json] [--shapes 8x250x512,...] [--repeats N]
 
-For every shape (B, T, C) and backend it prints the median forward ms, forward+backward ms and the
-peak extra memory of one forward+backward (CUDA: allocator peak; CPU: peak of the live tensor bytes
-recorded by the torch profiler at op granularity).  The workload is the training call: alphas in [0.05, 0.95],
-lengths 80-100% of T, target_lengths = floor(sum alpha), grad of (out * w).sum().  The reference
-loop is slow: it runs once (1 repeat) and only on shapes with B*T <= --reference-max-frames; its
-other cells are printed as "skipped".  On CPU, glibc is told to keep freed memory (see
-keep_freed_memory; --no-malloc-cache to measure with page faults).
+For every shape (B, T, C) and backend it prints the median and min forward ms and forward+backward
+ms, the bytes the cell must move, the achieved GB/s, its percentage of the copy bandwidth measured
+in the same run, and the peak extra memory of one forward+backward (CUDA: allocator peak; CPU: peak
+of the live tensor bytes recorded by the torch profiler at op granularity).  The workload is the
+training call: alphas in [0.05, 0.95], lengths 80-100% of T, target_lengths = floor(sum alpha), and
+the backward of the loss (out * w).sum(), fed as grad_outputs = w (the same gradients, without
+timing an elementwise product and its backward that are not part of CIF).  The reference loop is
+slow: it runs once (1 repeat) and only on shapes with B*T <= --reference-max-frames; its other cells
+are printed as "skipped".  On CPU, glibc is told to keep freed memory (see keep_freed_memory;
+--no-malloc-cache to measure with page faults).
+
+Bytes a cell must move (the same for every backend; s = element size, sum(L) = valid frames,
+U = max output length):
+    forward   s * (sum(L)*C + B*T + B*U*C) + 8*B*U
+              read the valid hidden frames and alphas, write out (B, U, C) and fire_frames (int64)
+    backward  s * (B*U*C + sum(L)*C + B*T*C + 2*B*T)
+              read grad_out and the valid hidden frames (d loss / d alpha needs <grad_out, hidden>),
+              write grad_hidden (padding included), read alphas, write grad_alphas
+    fwd+bwd   the sum of the two
+GB/s = bytes / time; "% copy" divides it by the copy bandwidth: the best of --repeats timed
+dst.copy_(src) of --copy-mb MB (bytes = 2 x size: read + write) at the same thread count, measured
+before and after the cells (the better of the two is used, the stricter roofline).
 """
 from __future__ import annotations
 
@@ -74,6 +89,27 @@ def make_fn(backend, hidden, alphas, lengths, target):
     return lambda h, a: cif(h, a, lengths, target_lengths=target, backend=backend).out
 
 
+def cell_bytes(shape, lengths, U, itemsize):
+    """(forward, backward) bytes one call must move; the formula is in the module docstring."""
+    B, T, C = shape
+    valid = int(lengths.sum())
+    fwd = itemsize * (valid * C + B * T + B * U * C) + 8 * B * U
+    bwd = itemsize * (B * U * C + valid * C + B * T * C + 2 * B * T)
+    return fwd, bwd
+
+
+def copy_bandwidth(device, megabytes, repeats):
+    """Best and median GB/s of dst.copy_(src) for two float32 buffers of `megabytes` MB each
+    (read + write = 2 x size), at the current thread count."""
+    n = megabytes * 2**20 // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # fault the pages in before timing
+    med_ms, min_ms = time_call(lambda: dst.copy_(src), device, max(repeats, 3))
+    nbytes = 2 * n * 4
+    return nbytes / (min_ms * 1e6), nbytes / (med_ms * 1e6)
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -126,7 +162,7 @@ def bench_one(backend, shape, device, dtype, repeats):
 
     def fwd_bwd():
         out = fn(h, a)
-        torch.autograd.grad((out * w[:, : out.shape[1]]).sum(), (h, a))
+        torch.autograd.grad(out, (h, a), w[:, : out.shape[1]])  # = grad of (out * w).sum()
 
     warm = repeats > 1
     if warm:
@@ -134,13 +170,17 @@ def bench_one(backend, shape, device, dtype, repeats):
     f_ms, f_min = time_call(fwd, device, repeats)
     fb_ms, fb_min = time_call(fwd_bwd, device, repeats)
     peak = peak_extra_bytes(fwd_bwd, device)
+    fwd_b, bwd_b = cell_bytes(shape, lengths, w.shape[1], hidden.element_size())
     return {"fwd_ms": f_ms, "fwd_bwd_ms": fb_ms, "fwd_min_ms": f_min, "fwd_bwd_min_ms": fb_min,
-            "peak_extra_mb": peak / 2**20, "repeats": repeats}
+            "peak_extra_mb": peak / 2**20, "repeats": repeats, "fwd_bytes": fwd_b, "fwd_bwd_bytes": fwd_b + bwd_b}
 
 
-def format_table(results, shapes):
-    lines = [f"{'shape (B,T,C)':<18} {'backend':<17} {'fwd ms med/min':>16} {'fwd+bwd ms med/min':>20}"
-             f" {'peak extra MB':>14} {'ext speed-up fwd+bwd med/min':>29}"]
+def format_table(results, shapes, copy_gbs):
+    """One line per (shape, backend); GB/s and % copy are given for the median / the min time."""
+    lines = [f"{'shape (B,T,C)':<15} {'backend':<16} {'fwd ms':>13} {'fwd GB/s':>11} {'fwd+bwd ms':>15}"
+             f" {'MB':>6} {'GB/s':>11} {'% copy':>11} {'peak MB':>8} {'ext speed-up':>13}",
+             f"{'':<15} {'':<16} {'med/min':>13} {'med/min':>11} {'med/min':>15}"
+             f" {'':>6} {'med/min':>11} {'med/min':>11} {'':>8} {'med/min':>13}"]
     for shape in shapes:
         key = "x".join(map(str, shape))
         ext = results.get(key, {}).get("ext")
@@ -150,17 +190,21 @@ def format_table(results, shapes):
             if r is None:
                 continue
             if "skipped" in r:
-                lines.append(f"{name:<18} {LABELS[backend]:<17} {'skipped: ' + r['skipped']:>51}")
+                lines.append(f"{name:<15} {LABELS[backend]:<16} {'skipped: ' + r['skipped']}")
                 continue
             speed = ""
             if ext and "fwd_bwd_ms" in ext and backend != "ext":
-                speed = (f"{r['fwd_bwd_ms'] / ext['fwd_bwd_ms']:.1f}x / "
+                speed = (f"{r['fwd_bwd_ms'] / ext['fwd_bwd_ms']:.1f}x/"
                          f"{r['fwd_bwd_min_ms'] / ext['fwd_bwd_min_ms']:.1f}x")
             note = " (1 run)" if r["repeats"] == 1 else ""
-            fwd = f"{r['fwd_ms']:.2f}/{r['fwd_min_ms']:.2f}"
-            fb = f"{r['fwd_bwd_ms']:.2f}/{r['fwd_bwd_min_ms']:.2f}"
-            lines.append(f"{name:<18} {LABELS[backend]:<17} {fwd:>16} {fb:>20}"
-                         f" {r['peak_extra_mb']:>14.1f} {speed:>29}{note}")
+            fb_bytes = r["fwd_bwd_bytes"]
+            gbs = [fb_bytes / (r[k] * 1e6) for k in ("fwd_bwd_ms", "fwd_bwd_min_ms")]
+            fwd_gbs = [r["fwd_bytes"] / (r[k] * 1e6) for k in ("fwd_ms", "fwd_min_ms")]
+            lines.append(f"{name:<15} {LABELS[backend]:<16} {r['fwd_ms']:>6.2f}/{r['fwd_min_ms']:<6.2f}"
+                         f" {fwd_gbs[0]:>5.1f}/{fwd_gbs[1]:<5.1f} {r['fwd_bwd_ms']:>7.2f}/{r['fwd_bwd_min_ms']:<7.2f}"
+                         f" {fb_bytes / 1e6:>6.1f} {gbs[0]:>5.1f}/{gbs[1]:<5.1f}"
+                         f" {100 * gbs[0] / copy_gbs:>5.1f}/{100 * gbs[1] / copy_gbs:<5.1f}"
+                         f" {r['peak_extra_mb']:>8.1f} {speed:>13}{note}")
     return "\n".join(lines)
 
 
@@ -175,6 +219,8 @@ def main(argv=None):
                    help="run the reference loop only where B*T <= this (default 8000; -1: always)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (0: torch's default); 1 is steadier on a shared machine")
+    p.add_argument("--copy-mb", type=int, default=256,
+                   help="size of each buffer of the copy-bandwidth measurement (default 256 MB)")
     p.add_argument("--no-malloc-cache", action="store_true",
                    help="CPU: leave glibc's default (fresh pages, i.e. page faults, for every big tensor)")
     p.add_argument("--json", help="also write the results here (atomically)")
@@ -195,6 +241,7 @@ def main(argv=None):
     from w2p import _ext
 
     _ext.load()
+    copy_before = copy_bandwidth(device, args.copy_mb, args.repeats)
     results = {}
     for shape in shapes:
         key = "x".join(map(str, shape))
@@ -210,14 +257,21 @@ def main(argv=None):
             except (RuntimeError, ValueError, AssertionError, ImportError) as exc:
                 results[key][backend] = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"}
             print(f"done {key} {backend}", file=sys.stderr, flush=True)
+    copy_after = copy_bandwidth(device, args.copy_mb, args.repeats)
+    copy_gbs = max(copy_before[0], copy_after[0])
     header = (f"CIF benchmark: device={device}, dtype={args.dtype}, threads={torch.get_num_threads()}, "
               f"repeats={args.repeats} (median/min; reference loop 1 run), malloc_cache={malloc_cache}, "
-              "training call with target_lengths")
+              "training call with target_lengths\n"
+              f"copy bandwidth ({args.copy_mb} MB dst.copy_(src), best/median GB/s): before "
+              f"{copy_before[0]:.1f}/{copy_before[1]:.1f}, after {copy_after[0]:.1f}/{copy_after[1]:.1f}; "
+              f"roofline = {copy_gbs:.1f} GB/s")
     print(header)
-    print(format_table(results, shapes))
+    print(format_table(results, shapes, copy_gbs))
     if args.json:
         payload = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
-                   "torch": torch.__version__, "malloc_cache": malloc_cache, "results": results}
+                   "torch": torch.__version__, "malloc_cache": malloc_cache, "results": results,
+                   "copy_gbs": {"before_best": copy_before[0], "before_median": copy_before[1],
+                                "after_best": copy_after[0], "after_median": copy_after[1], "roofline": copy_gbs}}
         from w2p.io import write_json
 
         write_json(args.json, payload, indent=2)
