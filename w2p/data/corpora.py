@@ -24,7 +24,7 @@ from w2p.data.datadir import validate_data_dir, write_data_dir
 log = logging.getLogger("w2p.data.corpora")
 
 
-class CorpusError(Exception):
+class CorpusError(ValueError):
     pass
 
 

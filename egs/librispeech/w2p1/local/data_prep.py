@@ -17,7 +17,7 @@ import os
 import sys
 
 from w2p.data import corpora
-from w2p.data.datadir import DataDirError
+from w2p.errors import cli_main
 
 log = logging.getLogger("librispeech.data_prep")
 ASR_SETS = ("train", "dev", "test")
@@ -65,6 +65,7 @@ def check_sources(a) -> None:
     log.info("local corpora found for sets %s", " ".join(a.sets))
 
 
+@cli_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="data", help="output root (data/<set>)")
@@ -83,13 +84,9 @@ def main(argv=None) -> int:
     ap.add_argument("--check_only", action="store_true", help="only check that the source corpora exist (stage 0)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        check_sources(a)
-        if not a.check_only:
-            corpora.write_sets(a.out, a.sets, lambda s: prepare_set(a, s))
-    except (corpora.CorpusError, DataDirError) as e:
-        print(f"local/data_prep.py: {e}", file=sys.stderr)
-        return 1
+    check_sources(a)
+    if not a.check_only:
+        corpora.write_sets(a.out, a.sets, lambda s: prepare_set(a, s))
     return 0
 
 

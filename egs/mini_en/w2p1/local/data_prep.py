@@ -10,9 +10,10 @@ import logging
 import sys
 
 from w2p.data import corpora
-from w2p.data.datadir import DataDirError
+from w2p.errors import cli_main
 
 
+@cli_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", default="corpus", help="the corpus dir written by stage 0 (w2p.synth.make_corpus)")
@@ -20,11 +21,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", nargs="+", required=True)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        corpora.write_sets(a.out, a.sets, lambda s: corpora.prepare_mini_en(a.src, s))
-    except (corpora.CorpusError, DataDirError) as e:
-        print(f"local/data_prep.py: {e}", file=sys.stderr)
-        return 1
+    corpora.write_sets(a.out, a.sets, lambda s: corpora.prepare_mini_en(a.src, s))
     return 0
 
 
