@@ -202,6 +202,42 @@ def test_broken_pack_files_give_clear_errors(pack, tmp_path, llm):
         Wav2PromptPipeline.from_pretrained(str(d), llm=llm)
 
 
+def test_broken_pack_json_names_the_file(pack, tmp_path, llm):
+    from w2p.infer import Wav2PromptPipeline
+
+    d = _copy_pack(pack, tmp_path)
+    (d / "llm.json").write_text('{"source": "smollm2-135m", ')
+    with pytest.raises(ValueError, match=r"llm.json: not valid JSON"):
+        Wav2PromptPipeline.from_pretrained(str(d), llm=llm)
+    (d / "llm.json").write_text('{"source": "smollm2-135m"}')
+    with pytest.raises(ValueError, match=r"llm.json: no \['embed_dim', 'vocab_size'\]"):
+        Wav2PromptPipeline.from_pretrained(str(d), llm=llm)
+    shutil.copy(os.path.join(pack, "llm.json"), d / "llm.json")
+    (d / "decode.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"decode.json: expected a JSON object"):
+        Wav2PromptPipeline.from_pretrained(str(d), llm=llm)
+
+
+def test_nan_features_in_a_training_dump_name_the_utterance(tiny_recipe, tmp_path, llm):
+    import kaldiio
+
+    from w2p.train.dataset import DumpDataset
+
+    d = tmp_path / "train"
+    shutil.copytree(os.path.join(tiny_recipe, "dump", "fbank", "train"), d)
+    ark, scp = str(d / "bad.ark"), str(tmp_path / "bad.scp")
+    first = (d / "feats.scp").read_text().splitlines()[0].split()[0]
+    with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as w:
+        w(first, np.full((30, 80), np.nan, dtype=np.float32))
+    lines = (d / "feats.scp").read_text().splitlines()
+    lines[0] = open(scp).read().strip()
+    (d / "feats.scp").write_text("\n".join(lines) + "\n")
+    for preload in (True, False):
+        with pytest.raises(ValueError, match=f"utterance {first} has NaN/inf features"):
+            ds = DumpDataset(str(d), llm=llm, preload=preload)
+            ds[0]
+
+
 def test_weights_of_another_config_give_a_clear_error(pack, tmp_path, llm):
     from w2p.models import load_trained
 

@@ -106,6 +106,17 @@ def pack_model(exp_dir: str, out_dir: str, *, cmvn: str | None = None, llm_sourc
     return out_dir
 
 
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            out = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); restore the file or re-pack the model") from e
+    if not isinstance(out, dict):
+        raise ValueError(f"{path}: expected a JSON object; restore the file or re-pack the model")
+    return out
+
+
 class Wav2PromptPipeline:
     """A trained speech-prompt model + its frozen LLM, ready to run tasks on audio."""
 
@@ -125,8 +136,10 @@ class Wav2PromptPipeline:
         missing = [f for f in PACK_FILES if not os.path.isfile(os.path.join(model_dir, f))]
         if missing:
             raise FileNotFoundError(f"{model_dir}: not a packed model, missing {missing} (run w2p.bin.pack_model)")
-        with open(os.path.join(model_dir, "llm.json")) as f:
-            ref = json.load(f)
+        ref = _read_json(os.path.join(model_dir, "llm.json"))
+        missing = [k for k in ("source", "embed_dim", "vocab_size") if k not in ref]
+        if missing:
+            raise ValueError(f"{model_dir}/llm.json: no {missing}; restore the file or re-pack the model")
         if llm is None:
             from w2p.llm import FrozenLLM
 
@@ -144,8 +157,7 @@ class Wav2PromptPipeline:
         decode = {}
         dp = os.path.join(model_dir, "decode.json")
         if os.path.isfile(dp):
-            with open(dp) as f:
-                decode = json.load(f)
+            decode = _read_json(dp)
         return cls(model, llm, conf, decode, max_seconds=max_seconds)
 
     # -- audio -> prompt vectors -------------------------------------------------------------------------------

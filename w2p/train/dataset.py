@@ -57,10 +57,7 @@ class DumpDataset(torch.utils.data.Dataset):
         if preload:
             self.feats = {}
             for u in self.utt_ids:
-                m = load_feats(self.feat_specs[u])
-                if m.ndim != 2:
-                    raise ValueError(f"{scp}: utterance {u} has features of shape {m.shape}, expected (T, 80)")
-                self.feats[u] = np.array(m, dtype=np.float32, copy=True)  # writable, owned
+                self.feats[u] = self._checked(u, np.array(load_feats(self.feat_specs[u]), dtype=np.float32, copy=True))
             self.num_frames = {u: int(self.feats[u].shape[0]) for u in self.utt_ids}
         elif os.path.isfile(n2f):
             n = read_kv(n2f)
@@ -121,10 +118,20 @@ class DumpDataset(torch.utils.data.Dataset):
     def lengths(self) -> list[int]:
         return [self.num_frames[u] for u in self.utt_ids]
 
+    def _checked(self, u: str, m: np.ndarray) -> np.ndarray:
+        """A feature matrix as training needs it: (T, D) and finite (a NaN would surface deep inside the model)."""
+        scp = os.path.join(self.dump_dir, "feats.scp")
+        if m.ndim != 2:
+            raise ValueError(f"{scp}: utterance {u} has features of shape {m.shape}, expected (T, 80)")
+        if not np.isfinite(m).all():
+            raise ValueError(f"{scp}: utterance {u} has NaN/inf features; re-extract it (stage 2) or drop it from "
+                             "the set")
+        return m
+
     def __getitem__(self, i: int) -> dict:
         u = self.utt_ids[i]
-        feats = self.feats[u] if self.feats is not None else np.asarray(load_feats(self.feat_specs[u]),
-                                                                         dtype=np.float32)
+        feats = self.feats[u] if self.feats is not None else \
+            self._checked(u, np.asarray(load_feats(self.feat_specs[u]), dtype=np.float32))
         item = {"utt_id": u, "feats": feats}
         for name, kv in self.fields.items():
             item[name] = kv[u]
