@@ -315,10 +315,13 @@ def test_temporaries_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
     stale.write_bytes(b"half")
     live = tmp_path / f".feats.1.ark.{host}-{os.getppid()}.abc123{TMP_MARK}"  # a running writer's: kept
     live.write_bytes(b"x")
-    other = tmp_path / f".other.ark.{host}-{dead.pid}.abc123{TMP_MARK}"  # another file's temporary: left alone
+    other = tmp_path / f".other.ark.{host}-{dead.pid}.abc123{TMP_MARK}"  # any dead writer's temporary goes
     other.write_bytes(b"x")
+    foreign = tmp_path / f".x.ark.otherhost-{dead.pid}.abc123{TMP_MARK}"  # another host's writer may be alive
+    foreign.write_bytes(b"x")
     write_atomic(str(target), b"data")
-    assert target.read_bytes() == b"data" and not stale.exists() and live.exists() and other.exists()
+    assert target.read_bytes() == b"data" and not stale.exists() and live.exists() and not other.exists()
+    assert foreign.exists()
     live.unlink()
     with pytest.raises(OSError):  # a failed write (e.g. a full disk) leaves no temporary and the old file
         with atomic_path(str(target)) as tmp:

@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -47,16 +47,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale(parent: str, base: str) -> None:
-    """Remove temporaries of ``base`` left by a killed run or a full disk: those of a process of this host that no
-    longer runs (another process may be writing the same file right now, e.g. parallel jobs)."""
+_SCANNED: set[str] = set()  # directories whose leftover temporaries this process has removed
+
+
+def _remove_stale(parent: str) -> None:
+    """Remove the temporaries in ``parent`` left by a killed run or a full disk: those of a process of this host
+    that no longer runs (another process may be writing there right now, e.g. parallel jobs). Once per directory
+    and process: a writer's own earlier temporaries are never left behind (atomic_path removes them on error)."""
+    if parent in _SCANNED:
+        return
+    _SCANNED.add(parent)
     host = _OWNER.rsplit("-", 1)[0]
-    for old in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.*{TMP_MARK}*")):
-        owner = os.path.basename(old)[len(base) + 2:].split(".", 1)[0]
-        h, _, pid = owner.rpartition("-")
-        if h == host and pid.isdigit() and not _alive(int(pid)):
-            with contextlib.suppress(OSError):
-                os.unlink(old)
+    owner = re.compile(r"^\..*\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+" + re.escape(TMP_MARK))
+    with contextlib.suppress(OSError), os.scandir(parent) as it:
+        for entry in it:
+            m = owner.match(entry.name) if TMP_MARK in entry.name else None
+            if m and m["host"] == host and not _alive(int(m["pid"])):
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
 
 
 @contextlib.contextmanager
@@ -67,7 +78,7 @@ def atomic_path(path: str, *, suffix: str = ""):
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    _remove_stale(parent, os.path.basename(path))
+    _remove_stale(parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{_OWNER}.", suffix=TMP_MARK + suffix, dir=parent)
     os.close(fd)
     try:
@@ -113,12 +124,13 @@ def atomic_dir(dest: str, *, replace: bool = False):
     dest = os.path.abspath(os.fspath(dest))
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.", suffix=TMP_MARK, dir=parent)
+    _remove_stale(parent)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.{_OWNER}.", suffix=TMP_MARK, dir=parent)
     old = None
     try:
         yield tmp
         if replace and os.path.exists(dest):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old.", suffix=TMP_MARK, dir=parent)
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old.{_OWNER}.", suffix=TMP_MARK, dir=parent)
             os.rename(dest, os.path.join(old, "x"))
         try:
             os.rename(tmp, dest)
