@@ -104,6 +104,11 @@ def test_ce_loss_equals_its_full_forward_oracle(llm):
     # per-utterance mean: the same as the mean of single-utterance losses
     singles = torch.stack([llm.ce_loss_reference(TEMPLATE, [s], [t]) for s, t in zip(speech, sents)]).mean()
     assert torch.allclose(ref, singles, atol=1e-5)
+    tok = llm.ce_loss_reference(TEMPLATE, speech, sents, reduction="token")
+    assert torch.allclose(llm.ce_loss(TEMPLATE, speech, sents, reduction="token"), tok, atol=1e-5)
+    assert not torch.allclose(tok, ref, atol=1e-3)  # the targets differ in length: the two means differ
+    with pytest.raises(ValueError, match="reduction"):
+        llm.ce_loss(TEMPLATE, speech, sents, reduction="sum")
     inp = llm.build_inputs(TEMPLATE, speech[:1])
     before, after = llm._template_parts(TEMPLATE)
     want = torch.cat([llm.embed(before), speech[0], llm.embed(after)])

@@ -361,11 +361,23 @@ class FrozenLLM(nn.Module):
             self._prefix_cache[key] = kv
         return kv
 
-    def ce_loss(self, template, speech: list, targets: list[str], **fields) -> torch.Tensor:
+    @staticmethod
+    def _reduce(per_utt: list, lengths: list[int], reduction: str) -> torch.Tensor:
+        """``utterance``: the mean of per-utterance mean token CEs; ``token``: the mean over every target token."""
+        if reduction == "utterance":
+            return torch.stack(per_utt).mean()
+        if reduction == "token":
+            n = torch.tensor(lengths, dtype=torch.float32, device=per_utt[0].device)
+            return (torch.stack(per_utt) * n).sum() / n.sum()
+        raise ValueError(f"ce_loss: reduction must be 'utterance' or 'token', got {reduction!r}")
+
+    def ce_loss(self, template, speech: list, targets: list[str], *, reduction: str = "utterance",
+                **fields) -> torch.Tensor:
         """Per-utterance mean token CE of ``targets`` (+ eos) given the chat-rendered prompt with ``speech``
         spliced at ``{speech}``, averaged over the batch: a 2-token intent weighs as much as a 20-token
         translation, and the mean splits exactly across processes. Only the speech tensors (and LoRA adapters)
         receive gradients. ``template``: one for the batch or one per utterance; ``fields`` as in build_inputs.
+        ``reduction="token"`` weighs every target token alike instead (longer targets weigh more).
 
         The loss of exactly the left-padded prompt that decoding builds (``ce_loss_reference``), computed cheaper:
         utterances are grouped by their tokens before ``{speech}``; that shared prefix runs once per group as a KV
@@ -409,9 +421,10 @@ class FrozenLLM(nn.Module):
                 # position s-1 (the last prompt token) predicts target token 0
                 logits = head(hidden[r, s - 1:s - 1 + t]).float()
                 per_utt[i] = nn.functional.cross_entropy(logits, torch.tensor(tgt_ids[i], device=dev))
-        return torch.stack(per_utt).mean()
+        return self._reduce(per_utt, [len(t) for t in tgt_ids], reduction)
 
-    def ce_loss_reference(self, template, speech: list, targets: list[str], **fields) -> torch.Tensor:
+    def ce_loss_reference(self, template, speech: list, targets: list[str], *, reduction: str = "utterance",
+                          **fields) -> torch.Tensor:
         """The oracle of ``ce_loss`` (tests only): one full forward of the left-padded prompt + target."""
         speech, targets = list(speech), list(targets)
         n = len(speech)
@@ -426,9 +439,11 @@ class FrozenLLM(nn.Module):
         logits = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),
                             use_cache=False).logits
         L = embeds.shape[1]
-        per_utt = [nn.functional.cross_entropy(logits[i, L - 1 - len(t):L - 1].float(),
-                                               torch.tensor(t, device=logits.device)) for i, t in enumerate(tgt_ids)]
-        return torch.stack(per_utt).mean()
+        rows = [logits[i, L - 1 - len(t):L - 1].float() for i, t in enumerate(tgt_ids)]  # j predicts token j+1
+        labels = [torch.tensor(t, device=logits.device) for t in tgt_ids]
+        if reduction == "token":
+            return nn.functional.cross_entropy(torch.cat(rows), torch.cat(labels))
+        return torch.stack([nn.functional.cross_entropy(r, y) for r, y in zip(rows, labels)]).mean()
 
     # -- closed-set choice ---------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -35,10 +35,9 @@ from w2p.tasks import TASKS, intents_prompt
 log = logging.getLogger("w2p.finetune")
 
 FEWSHOT_MODELS = {"wav2prompt": "w2p_fewshot", "asr_ctc": "cascade_lora"}
-# stage-4-only keys that do not describe the architecture of the fine-tuned model
-# training-loss settings of the initial system, not its architecture
-_DROP_KEYS = {"ce_task", "ce_template", "ce_target", "ce_fields", "ce_weight", "ctc_weight", "mse_weight", "qua_weight",
-              "ctc_warmup_steps", "tok_weight", "tok_temperature"}
+# the stage-4 system's training-loss settings: not part of the fine-tuned model's architecture
+_DROP_KEYS = {"ce_task", "ce_template", "ce_reduction", "ce_target", "ce_fields", "ce_weight", "ctc_weight",
+              "mse_weight", "qua_weight", "ctc_warmup_steps", "tok_weight", "tok_temperature"}
 
 
 def _read_kv(path: str) -> dict[str, str]:

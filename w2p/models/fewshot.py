@@ -69,7 +69,7 @@ class FewShotWav2Prompt(Wav2Prompt):
     def __init__(self, llm, *, mse_weight: float = 1.0, qua_weight: float = 1.0, ce_weight: float = 1.0,
                  task: str | None = None, llm_lora: bool = False, lora_conf: dict | None = None, **w2p_conf):
         # the stage-4 auxiliary losses (CTC, "repeat" CE) are not part of fine-tuning; their heads are not built
-        for k in ("ce_task", "ce_template", "ce_target", "ce_fields"):
+        for k in ("ce_task", "ce_template", "ce_target", "ce_fields", "ce_reduction"):
             w2p_conf.pop(k, None)
         w2p_conf["ctc_weight"] = 0.0
         w2p_conf.pop("ctc_warmup_steps", None)  # a stage-4 schedule; fine-tuning trains every term from step 0

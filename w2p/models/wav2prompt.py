@@ -59,7 +59,7 @@ class Wav2Prompt(AbsW2PModel):
     def __init__(self, llm, encoder: dict | None = None, cif: dict | None = None, proj_hidden: int = 0,
                  mse_weight: float = 1.0, qua_weight: float = 1.0, ctc_weight: float = 0.0, ce_weight: float = 0.0,
                  bpe_vocab: int | None = None, bpe_model: str | None = None, ce_task: str = "asr",
-                 ce_target: str = "text", ce_template: str | None = None,
+                 ce_target: str = "text", ce_template: str | None = None, ce_reduction: str = "utterance",
                  ce_fields: list[str] | None = None, ctc_warmup_steps: int = 0, tok_weight: float = 0.0,
                  tok_temperature: float = 0.1):
         super().__init__()
@@ -102,6 +102,7 @@ class Wav2Prompt(AbsW2PModel):
         if ce_template is not None and ce_template != self.ce_template:  # configs written before ce_task
             raise ValueError(f"model_conf.ce_template {ce_template!r}: the CE term uses a task's own template; set "
                              f"model_conf.ce_task (e.g. asr: {self.ce_template!r}) and drop ce_template")
+        self.ce_reduction = ce_reduction
         self.ce_fields = list(ce_fields or [])
         self.ctc_warmup_steps = int(ctc_warmup_steps or 0)
         if self.ctc_warmup_steps and self.ctc_head is None:
@@ -197,7 +198,8 @@ class Wav2Prompt(AbsW2PModel):
         if w_ce > 0:
             speech = [pred[i, :int(U[i])] * self.emb_scale for i in range(len(U))]
             fields = {f: batch[f] for f in self.ce_fields}
-            ce = self.llm.ce_loss(self.ce_template, speech, batch[self.ce_target], **fields).to(dev)
+            ce = self.llm.ce_loss(self.ce_template, speech, batch[self.ce_target], reduction=self.ce_reduction,
+                                  **fields).to(dev)
             loss = loss + w_ce * ce
             stats["ce"] = float(ce.detach())
         if not self.training:
