@@ -14,6 +14,7 @@ token by cosine similarity and printed next to the reference. Reported (scores.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -76,7 +77,8 @@ def main(argv=None) -> int:
         print(f"{args.model_dir}: readout needs a wav2prompt system, got {conf.get('model')}", file=sys.stderr)
         return 1
     llm = FrozenLLM.load(args.llm or conf.get("llm", "smollm2-135m"))
-    model, _ = load_trained(args.model_dir, llm, checkpoint=args.checkpoint)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the scores JSON; library notices go to stderr
+        model, _ = load_trained(args.model_dir, llm, checkpoint=args.checkpoint)
     ds = DumpDataset(args.data_dir, llm=llm, allow_pipes=args.allow_scp_pipes)
     if ds.llm_tokens is None:
         print(f"{args.data_dir}: no llm_tokens (run stage 3)", file=sys.stderr)
