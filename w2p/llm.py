@@ -181,6 +181,7 @@ class FrozenLLM(nn.Module):
         self._template_cache: dict = {}
         self._prefix_cache: dict = {}  # prompt-prefix keys/values; valid while the LLM's weights do not change
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self._unit_key, self._unit_emb = None, None  # the embedding table normalised for nearest_tokens
         self.has_adapters = False  # LoRA adapters attached (attach_lora): the LLM is no longer constant
         import inspect
 
@@ -488,7 +489,7 @@ class FrozenLLM(nn.Module):
     def _unit_embeddings(self) -> torch.Tensor:
         W = self.embedding_weight
         key = (W.data_ptr(), W.device, W.dtype)
-        if getattr(self, "_unit_key", None) != key:  # the table is frozen: normalise it once
+        if self._unit_key != key:  # the table is frozen: normalise it once
             self._unit_emb = nn.functional.normalize(W.detach().float(), dim=-1)
             self._unit_key = key
         return self._unit_emb
