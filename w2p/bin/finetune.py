@@ -1,7 +1,7 @@
 """Few-shot fine-tuning (recipe stage 7): a thin wrapper around the shared trainer (w2p.bin.train).
 
-    python -m w2p.bin.finetune --config conf/finetune_fewshot.yaml --init_exp exp/w2p \\
-        --train_sets dump/fbank/st_fewshot dump/fbank/slu_fewshot ... --output_dir exp/w2p_fewshot \\
+    python -m w2p.bin.finetune --config conf/finetune_fewshot.yaml --init_exp exp/wav2prompt \\
+        --train_sets dump/fbank/st_fewshot --output_dir exp/wav2prompt_fewshot/st \\
         [--n_valid 12] [--llm_lora true] [--llm SRC] [--ngpu N] [--resume] [--key.sub value overrides]
 
 What it adds to the trainer:
@@ -149,7 +149,7 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="w2p.bin.finetune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="fine-tuning YAML (conf/finetune_fewshot.yaml)")
-    p.add_argument("--init_exp", required=True, help="initial system: exp/w2p (Wav2Prompt) or exp/asr_ctc (cascade)")
+    p.add_argument("--init_exp", required=True, help="initial system: exp/wav2prompt (Wav2Prompt) or exp/asr_ctc (cascade)")
     p.add_argument("--train_sets", nargs="+", required=True, help="task dump dirs (dump/fbank/<task>_fewshot)")
     p.add_argument("--tasks", nargs="+", default=None, help="task of each set (default: from the set names)")
     p.add_argument("--output_dir", required=True, help="exp dir of the fine-tuned system")

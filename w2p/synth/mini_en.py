@@ -38,8 +38,8 @@ TASK_SETS = tuple(f"{t}_{s}" for t in TASKS for s in ("fewshot", "test"))
 ALL_SETS = ASR_SETS + TASK_SETS
 
 # train: 7600 drawn + the coverage pass (every word of the other sets >= MIN_TRAIN_COUNT times) -> about 7700.
-# Twice the earlier 3800: stage 4 trains for a fixed number of steps, so more distinct sentences cost only stage 0
-# (~1 min) and stop the encoder memorising them (Wav2Prompt dev CTC loss 0.45 -> 0.30, exact CIF length 86 -> 89 %).
+# Stage 4 trains for a fixed number of steps, so more distinct sentences cost only synthesis time and stop the
+# encoder memorising them (measured: egs/mini_en/w2p1/README.md).
 DEFAULT_SIZES = {"train": 7600, "dev": 300, "test": 300}
 DEFAULT_SIZES.update({f"{t}_fewshot": 300 for t in TASKS})
 DEFAULT_SIZES.update({f"{t}_test": 240 for t in TASKS})
