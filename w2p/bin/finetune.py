@@ -149,7 +149,8 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="w2p.bin.finetune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="fine-tuning YAML (conf/finetune_fewshot.yaml)")
-    p.add_argument("--init_exp", required=True, help="initial system: exp/wav2prompt (Wav2Prompt) or exp/asr_ctc (cascade)")
+    p.add_argument("--init_exp", required=True,
+                   help="initial system: exp/wav2prompt (Wav2Prompt) or exp/asr_ctc (cascade)")
     p.add_argument("--train_sets", nargs="+", required=True, help="task dump dirs (dump/fbank/<task>_fewshot)")
     p.add_argument("--tasks", nargs="+", default=None, help="task of each set (default: from the set names)")
     p.add_argument("--output_dir", required=True, help="exp dir of the fine-tuned system")
