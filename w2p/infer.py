@@ -200,11 +200,11 @@ class Wav2PromptPipeline:
 
     @torch.inference_mode()
     def prompts(self, wavs: list) -> list[torch.Tensor]:
-        from w2p.decode import pad_feats
+        from w2p.decode import FRAME_SHIFT, pad_feats
 
         mats = [self.features(w) for w in wavs]
         for w, m in zip(wavs, mats):
-            sec = m.shape[0] * 0.01
+            sec = m.shape[0] * FRAME_SHIFT
             if sec > self.max_seconds:
                 name = w if isinstance(w, (str, os.PathLike)) else "<array>"
                 raise ValueError(f"{name}: {sec:.1f} s of audio, over the limit of {self.max_seconds:g} s (memory "
