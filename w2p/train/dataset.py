@@ -273,3 +273,17 @@ def collate(items: list[dict]) -> dict:
         if key not in ("utt_id", "feats"):
             batch[key] = [it[key] for it in items]
     return batch
+
+
+def batch_loader(dataset: torch.utils.data.Dataset, index_batches: list, *, num_workers: int = 0, seed: int = 0,
+                 pin_memory: bool = False):
+    """An iterator of collated batches, one per entry of ``index_batches`` (dataset indices), in that order, read by
+    ``num_workers`` DataLoader workers (0: in this process). Reading is deterministic, so the batches are the same
+    for any number of workers. The loader gets its own generator (``seed``): drawn from the global RNG, the
+    workers' base seed would shift the training's dropout/SpecAugment streams."""
+    gen = torch.Generator()
+    gen.manual_seed(int(seed))
+    return iter(torch.utils.data.DataLoader(
+        dataset, batch_sampler=list(index_batches), collate_fn=collate, num_workers=num_workers,
+        pin_memory=pin_memory, generator=gen, prefetch_factor=4 if num_workers else None,
+        persistent_workers=False))

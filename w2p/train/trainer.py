@@ -26,7 +26,7 @@ import torch.distributed as dist
 from w2p.io import write_json
 from w2p.train.average import atomic_save, average_state_dicts
 from w2p.config import save_config
-from w2p.train.dataset import DumpDataset, collate
+from w2p.train.dataset import DumpDataset, batch_loader
 from w2p.train.sampler import BucketSampler
 
 log = logging.getLogger("w2p.train")
@@ -335,16 +335,9 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------------------------------------
     def _batches(self, dataset: DumpDataset, batches: list, tag: int):
-        """Collated batches of ``batches`` ((indices, global size) pairs), in order, read by ``num_workers``
-        DataLoader workers (0: in this process). Reading is deterministic, so the batches are the same for any
-        number of workers. The loader's own generator seeds its workers: taken from the global RNG it would shift
-        the dropout/SpecAugment streams (and resumed runs) with the number of epochs."""
-        gen = torch.Generator()
-        gen.manual_seed(int(self.conf["seed"]) * 1000003 + tag)
-        nw = self.num_workers
-        return iter(torch.utils.data.DataLoader(
-            dataset, batch_sampler=[idx for idx, _ in batches], collate_fn=collate, num_workers=nw,
-            pin_memory=self.device.type == "cuda", generator=gen, prefetch_factor=4 if nw else None))
+        """Collated batches of ``batches`` ((indices, global size) pairs) in order, through the DataLoader."""
+        return batch_loader(dataset, [idx for idx, _ in batches], num_workers=self.num_workers,
+                            seed=int(self.conf["seed"]) * 1000003 + tag, pin_memory=self.device.type == "cuda")
 
     # -- steps -----------------------------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:

@@ -1,0 +1,301 @@
+"""Data-loader benchmark: resident memory per utterance and batches/s of the training loader on synthetic dumps.
+
+For each size (``--sizes``, default 1k, 10k, 100k utterances) it writes a feature dump like stage 2's (feats.scp
+into an ark, utt2num_frames, text, llm_tokens, utt2spk) and measures, in a fresh process per size and worker count,
+what the trainer does: ``DumpDataset(preload=false)`` + ``BucketSampler`` (from utt2num_frames alone), then
+batches through ``batch_loader`` (the trainer's DataLoader) with ``--workers`` workers.
+
+Disk: ``--distinct`` matrices (default 1000, ~12 s each: ~370 MB) are written once; the feats.scp of every size
+points utterance i at matrix i mod distinct (its real byte offset). Utterance count, lengths, per-utterance files
+and the reading path are those of a real dump of that size; what is NOT reproduced is the disk: after the first
+pass the ark sits in the page cache, so batches/s is the loader's CPU cost (parse, copy, collate, worker
+transfer), not a disk's bandwidth. 100k distinct x 1200 frames x 80 x 4 B would be 38 GB.
+
+Columns: ``meta B/utt`` = main-process RSS growth from building the dataset + sampler, per utterance;
+``RSS MB`` = main-process RSS growth after reading ``--batches`` batches (fixed costs: prefetched batches,
+worker pipes); ``slope B/utt`` = its growth per added utterance between consecutive sizes (the goal: <= 2 KB);
+``worker MB`` = the largest worker's private (unshared) memory; ``batch/s``, ``utt/s``, ``MB/s`` (features
+delivered). The last lines extrapolate the RSS to 281,241 utterances (LibriSpeech 960 h) and compare the
+throughput with what the paper-scale config consumes (``--step_time``; see README "Benchmarks").
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from w2p.errors import cli_main, positive_float, positive_int
+
+LIBRISPEECH_960H_UTTS = 281241
+WORDS = ("the of and to a in that he was it his is with as for had you not be her on at by which have or this "
+         "from but all him she they were my are so me one their said there would when who what into no up out "
+         "them more then could an some if time only very been did down man over any little upon great before").split()
+
+
+def _csv_ints(s: str) -> list[int]:
+    try:
+        out = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {s!r}")
+    return out
+
+
+def rss_kb(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def private_kb(pid: int) -> int:
+    """Unshared resident memory (USS) of a process: what it costs beyond the pages it shares with its parent."""
+    out = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    out += int(line.split()[1])
+    except OSError:
+        return 0
+    return out
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+# -- synthetic dumps ------------------------------------------------------------------------------------------
+def write_ark(root: str, distinct: int, frames: int, dim: int, seed: int) -> list[tuple[str, int]]:
+    """``distinct`` matrices of lengths ~U(frames/2, 3 frames/2) into root/ark/feats.ark: [(spec, frames)]."""
+    import kaldiio
+    import numpy as np
+
+    from w2p.io import atomic_path, read_kv
+
+    ark_dir = os.path.join(root, "ark")
+    index = os.path.join(ark_dir, f"index.{distinct}.{frames}.{dim}.{seed}")
+    if os.path.isfile(index):
+        return [(v.rsplit(" ", 1)[0], int(v.rsplit(" ", 1)[1])) for v in read_kv(index).values()]
+    os.makedirs(ark_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(frames // 2, frames + frames // 2 + 1, distinct)
+    base = rng.normal(0, 1, (int(lens.max()) + distinct, dim)).astype(np.float32)
+    ark, scp = os.path.join(ark_dir, "feats.ark"), os.path.join(ark_dir, "feats.scp")
+    with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as w:
+        for i, n in enumerate(lens):
+            w(f"m{i:07d}", base[i:i + n])  # distinct content, no per-matrix random draw
+    specs = list(read_kv(scp).values())
+    with atomic_path(index) as tmp, open(tmp, "w") as f:
+        f.writelines(f"m{i:07d} {s} {int(n)}\n" for i, (s, n) in enumerate(zip(specs, lens)))
+    return list(zip(specs, (int(n) for n in lens)))
+
+
+def write_dump(root: str, n: int, mats: list[tuple[str, int]], seed: int) -> str:
+    """A dump dir of n utterances (LibriSpeech-like ids, ~190-character transcripts, 45 LLM tokens each)."""
+    import numpy as np
+
+    d = os.path.join(root, f"dump{n}")
+    if os.path.isfile(os.path.join(d, "feats.scp")):
+        return d
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(seed + n)
+    words = np.array(WORDS)
+    utts = [f"{1000 + i // 2000}-{10000 + i // 100}-{i % 100:04d}" for i in range(n)]
+    files = {name: open(os.path.join(d, name), "w") for name in ("feats.scp", "utt2num_frames", "text",
+                                                                  "llm_tokens", "utt2spk")}
+    try:
+        for i, u in enumerate(utts):
+            spec, frames = mats[i % len(mats)]
+            files["feats.scp"].write(f"{u} {spec}\n")
+            files["utt2num_frames"].write(f"{u} {frames}\n")
+            files["text"].write(f"{u} {' '.join(words[rng.integers(0, len(words), 38)])}\n")
+            files["llm_tokens"].write(f"{u} {' '.join(map(str, rng.integers(3, 32000, 45)))}\n")
+            files["utt2spk"].write(f"{u} {u.split('-')[0]}\n")
+    finally:
+        for f in files.values():
+            f.close()
+    return d
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+# -- one measurement (a fresh process) ----------------------------------------------------------------------
+def measure(dump_dir: str, workers: int, n_batches: int, batch_frames: int, max_batch_size: int,
+            preload: bool) -> dict:
+    import numpy as np  # noqa: F401  (imported before the baseline: not part of the dataset's memory)
+    import torch
+
+    from w2p.train.dataset import DumpDataset, batch_loader
+    from w2p.train.sampler import BucketSampler
+
+    torch.set_num_threads(1)
+    gc.collect()
+    rss0 = rss_kb()
+    t0 = time.perf_counter()
+    ds = DumpDataset(dump_dir, preload=preload)
+    sampler = BucketSampler(ds.lengths(), batch_frames, max_batch_size=max_batch_size, seed=0)
+    build_s = time.perf_counter() - t0
+    gc.collect()
+    rss1 = rss_kb()
+    batches = sampler.epoch_batches(1)
+    # one warm-up batch (worker start-up), then the timed ones; one more stays unread so that the workers are
+    # still alive when their memory is read
+    warm = 1 if len(batches) >= 3 else 0
+    timed = max(1, min(n_batches, len(batches) - warm - 1))
+    take = min(len(batches), warm + timed + 1)
+    it = batch_loader(ds, [b for b, _ in batches[:take]], num_workers=workers, seed=0)
+    for _ in range(warm):
+        next(it)
+    utts = frames = 0
+    t1 = time.perf_counter()
+    for _ in range(timed):
+        b = next(it)
+        utts += len(b["utt_ids"])
+        frames += int(b["feat_lens"].sum())
+    dt = time.perf_counter() - t1
+    del b
+    gc.collect()
+    _malloc_trim()  # freed batch buffers that glibc keeps are no per-utterance cost
+    rss2 = rss_kb()
+    kids = children(os.getpid())
+    worker_kb = max([private_kb(p) for p in kids] or [0])
+    del it
+    return {"utts": len(ds), "workers": workers, "preload": bool(ds.preloaded), "build_s": build_s,
+            "meta_kb": rss1 - rss0, "rss_kb": rss2 - rss0, "worker_kb": worker_kb, "n_workers_seen": len(kids),
+            "batches": timed, "seconds": dt, "batch_s": timed / dt, "utt_s": utts / dt,
+            "mb_s": frames * 80 * 4 / dt / 1e6, "mean_batch_utts": utts / timed}
+
+
+# -- the table --------------------------------------------------------------------------------------------------
+def paper_step(step_time: float, batch_utts: float) -> list[str]:
+    need = 1.0 / step_time
+    return [f"paper-scale config (egs/mini_en/w2p1/conf/tuning/train_wav2prompt_paper.yaml): batch_frames 400000, "
+            f"max_batch_size 256 -> a global batch of ~{batch_utts:.0f} utterances of ~12 s;",
+            f"one optimiser step is taken as {step_time:g} s (--step_time; README 'Benchmarks' has the estimate), so "
+            f"training consumes {need:.2f} global batches/s; the goal (10x) is {10 * need:.1f} batches/s"]
+
+
+@cli_main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=_csv_ints, default=[1000, 10000, 100000], help="utterances per dump")
+    ap.add_argument("--workers", type=_csv_ints, default=[0, 1], help="DataLoader worker counts to measure")
+    ap.add_argument("--frames", type=positive_int, default=1200, help="mean frames per utterance (12 s)")
+    ap.add_argument("--distinct", type=positive_int, default=1000,
+                    help="distinct matrices on disk; utterance i reads matrix i mod distinct (see above)")
+    ap.add_argument("--batches", type=positive_int, default=20, help="batches timed per measurement")
+    ap.add_argument("--batch_frames", type=positive_int, default=400000, help="the paper-scale config's value")
+    ap.add_argument("--max_batch_size", type=positive_int, default=256, help="the paper-scale config's value")
+    ap.add_argument("--step_time", type=positive_float, default=0.5,
+                    help="seconds per optimiser step of the paper-scale config (estimate: README 'Benchmarks')")
+    ap.add_argument("--preload", action="store_true", help="measure preloaded datasets instead of lazy ones")
+    ap.add_argument("--workdir", default="", help="where the dumps go (default: a temporary dir, removed)")
+    ap.add_argument("--json", default="", help="also write the rows here")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--_measure", default="", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a._measure:
+        print(json.dumps(measure(a._measure, a.workers[0], a.batches, a.batch_frames, a.max_batch_size, a.preload)))
+        return 0
+    tmp = None
+    if not a.workdir:
+        tmp = tempfile.TemporaryDirectory(prefix="w2p_bench_data.")
+        a.workdir = tmp.name
+    try:
+        return _run(a)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _run(a) -> int:
+    t0 = time.time()
+    mats = write_ark(a.workdir, a.distinct, a.frames, 80, a.seed)
+    print(f"# {len(mats)} distinct matrices ({sum(n for _, n in mats) * 320 / 1e6:.0f} MB) written in "
+          f"{time.time() - t0:.1f} s; utterance i reads matrix i mod {len(mats)} (page-cached after the first pass)",
+          flush=True)
+    rows = []
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for n in sorted(a.sizes):
+        d = write_dump(a.workdir, n, mats, a.seed)
+        for w in a.workers:
+            cmd = [sys.executable, "-m", "w2p.bin.benchmark_data", "--_measure", d, "--workers", str(w),
+                   "--batches", str(a.batches), "--batch_frames", str(a.batch_frames),
+                   "--max_batch_size", str(a.max_batch_size)] + (["--preload"] if a.preload else [])
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if p.returncode != 0:
+                raise RuntimeError(f"measurement of {d} with {w} workers failed:\n{p.stderr[-2000:]}")
+            rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    head = ["utts", "workers", "build s", "meta B/utt", "RSS MB", "slope B/utt", "worker MB", "batch/s", "utt/s",
+            "MB/s"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---:" for _ in head) + "|")
+    prev: dict[int, dict] = {}
+    slopes: dict[int, float] = {}
+    for r in rows:
+        p = prev.get(r["workers"])
+        slope = (r["rss_kb"] - p["rss_kb"]) * 1024 / (r["utts"] - p["utts"]) if p and r["utts"] > p["utts"] else None
+        if slope is not None:
+            slopes[r["workers"]] = slope
+        prev[r["workers"]] = r
+        cells = [r["utts"], r["workers"], f"{r['build_s']:.2f}", f"{r['meta_kb'] * 1024 / r['utts']:.0f}",
+                 f"{r['rss_kb'] / 1024:.1f}", "-" if slope is None else f"{slope:.0f}",
+                 f"{r['worker_kb'] / 1024:.1f}" if r["workers"] else "-", f"{r['batch_s']:.2f}",
+                 f"{r['utt_s']:.0f}", f"{r['mb_s']:.0f}"]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+    big = max(r["utts"] for r in rows)
+    for w, last in prev.items():
+        if w in slopes:
+            est = last["rss_kb"] * 1024 + slopes[w] * (LIBRISPEECH_960H_UTTS - big)
+            meta = last["meta_kb"] * 1024 / last["utts"]
+            print(f"# workers={w}: RSS at {LIBRISPEECH_960H_UTTS} utterances (LibriSpeech 960 h) ~ "
+                  f"{est / 2**20:.0f} MB "
+                  f"(RSS at {big} + slope {slopes[w]:.0f} B/utt; metadata {meta:.0f} B/utt); goal <= 2048 B/utt: "
+                  f"{'met' if slopes[w] <= 2048 else 'NOT met'}")
+    batch_utts = sum(r["mean_batch_utts"] for r in rows) / len(rows)
+    for line in paper_step(a.step_time, batch_utts):
+        print("# " + line)
+    need = 10.0 / a.step_time
+    best = max(rows, key=lambda r: r["batch_s"])
+    print(f"# best here: {best['batch_s']:.2f} batches/s ({best['workers']} workers, {best['utts']} utterances, "
+          f"{os.cpu_count()} CPUs): {'met' if best['batch_s'] >= need else 'NOT met'} "
+          f"({best['batch_s'] / need:.2f} of the goal); per worker ~{_per_worker(rows):.2f} batches/s")
+    if a.json:
+        from w2p.io import write_json
+
+        write_json(a.json, rows)
+    return 0
+
+
+def _per_worker(rows: list[dict]) -> float:
+    """Batches/s one worker delivers (the best row with workers >= 1, divided by its workers)."""
+    ws = [r["batch_s"] / r["workers"] for r in rows if r["workers"]]
+    return max(ws) if ws else max(r["batch_s"] for r in rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
