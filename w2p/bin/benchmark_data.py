@@ -161,13 +161,17 @@ def measure(dump_dir: str, workers: int, n_batches: int, batch_frames: int, max_
     build_s = time.perf_counter() - t0
     gc.collect()
     rss1 = rss_kb()
-    batches = sampler.epoch_batches(1)
-    # one warm-up batch (worker start-up), then the timed ones; one more stays unread so that the workers are
-    # still alive when their memory is read
-    warm = 1 if len(batches) >= 3 else 0
-    timed = max(1, min(n_batches, len(batches) - warm - 1))
-    take = min(len(batches), warm + timed + 1)
-    it = batch_loader(ds, [b for b, _ in batches[:take]], num_workers=workers, seed=0)
+    # epochs 1, 2, ... until there are enough batches (a small set has few); a warm-up of one batch more than
+    # the loader prefetches (prefetch_factor 4 per worker) drains its queue: the timed batches are then produced
+    # while they are waited for (steady state); one more stays unread so the workers are alive when measured
+    warm = 4 * workers + 1
+    need = warm + n_batches + 1
+    batches, epoch = [], 1
+    while len(batches) < need:
+        batches += [b for b, _ in sampler.epoch_batches(epoch)]
+        epoch += 1
+    it = batch_loader(ds, batches[:need], num_workers=workers, seed=0)
+    timed = n_batches
     for _ in range(warm):
         next(it)
     utts = frames = 0

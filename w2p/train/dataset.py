@@ -209,7 +209,10 @@ class DumpDataset(torch.utils.data.Dataset):
         if self.raw:
             seg = None if self._seg is None else (float(self._seg[i, 0]), float(self._seg[i, 1]))
             return self._checked(u, raw_features(u, self._wav[i], seg))
-        return self._checked(u, np.array(self._read_ark(self.spec(i)), dtype=np.float32, copy=True))
+        m = self._read_ark(self.spec(i))
+        # the preloaded copy owns its memory; a lazy read is copied once, into the batch (collate)
+        return self._checked(u, np.array(m, dtype=np.float32, copy=True) if self.preloaded
+                             else np.asarray(m, dtype=np.float32))
 
     def _token_file(self, name: str) -> IntLists | None:
         path = os.path.join(self.dump_dir, name)
@@ -239,7 +242,7 @@ class DumpDataset(torch.utils.data.Dataset):
         where = os.path.join(self.dump_dir, "wav.scp" if self.raw else "feats.scp")
         if m.ndim != 2:
             raise ValueError(f"{where}: utterance {u} has features of shape {m.shape}, expected (T, 80)")
-        if not np.isfinite(m).all():
+        if not np.isfinite(m.sum(dtype=np.float64)) and not np.isfinite(m).all():  # the sum: no temporary array
             raise ValueError(f"{where}: utterance {u} has NaN/inf features; re-extract it (stage 2) or drop it from "
                              "the set")
         return m
@@ -262,11 +265,19 @@ def collate(items: list[dict]) -> dict:
     B = len(items)
     T = max(it["feats"].shape[0] for it in items)
     D = items[0]["feats"].shape[1]
-    feats = torch.zeros(B, T, D, dtype=torch.float32)
+    if torch.utils.data.get_worker_info() is not None:
+        # in a DataLoader worker: build the batch in shared memory, so that handing it over copies nothing
+        # (as torch's default_collate does)
+        storage = torch.empty(0)._typed_storage()._new_shared(B * T * D, device="cpu")
+        feats = torch.empty(0).new(storage).resize_(B, T, D)
+    else:
+        feats = torch.empty(B, T, D, dtype=torch.float32)
+    out = feats.numpy()
     lens = torch.zeros(B, dtype=torch.long)
     for b, it in enumerate(items):
         n = it["feats"].shape[0]
-        feats[b, :n] = torch.from_numpy(it["feats"])
+        out[b, :n] = it["feats"]  # numpy copy: the (read-only) array read from the ark needs no extra copy
+        out[b, n:] = 0.0
         lens[b] = n
     batch = {"utt_ids": [it["utt_id"] for it in items], "feats": feats, "feat_lens": lens}
     for key in items[0]:
