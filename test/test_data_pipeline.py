@@ -219,5 +219,32 @@ def test_benchmark_prints_a_table_of_numbers(tmp_path):
     got = json.loads((tmp_path / "rows.json").read_text())
     assert [(x["utts"], x["workers"]) for x in got] == [(60, 0), (60, 1), (200, 0), (200, 1)]
     assert all(x["batch_s"] > 0 and x["n_workers_seen"] == x["workers"] for x in got)
-    assert "281241 utterances" in r.stdout and "goal (10x)" in r.stdout
+    assert "281241 utterances" in r.stdout and "the goal, 10x, is" in r.stdout
     assert benchmark_data.LIBRISPEECH_960H_UTTS == 281241
+
+
+def test_recipe_stage_2_feats_type_raw(tmp_path):
+    """run.sh --feats_type raw: stage 2 writes raw dump dirs that later stages accept; fbank over it replaces it."""
+    mini = os.path.join(REPO, "egs", "mini_en", "w2p1")
+    c, d, u = tmp_path / "corpus", tmp_path / "data", tmp_path / "dump"
+    base = (f"./run.sh --nj 2 --max_utts 2 --tasks st --local_data_opts '--corpus_dir {c}' --datadir {d} "
+            f"--dumpdir {u} --stop_stage 2")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    p = subprocess.run(["bash", "-c", base + " --feats_type raw"], cwd=mini, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "feats_type raw" in p.stdout
+    for s in ("train", "dev", "test", "st_fewshot", "st_test"):
+        dd = u / "fbank" / s
+        assert (dd / "feats_type").read_text().strip() == "raw" and not (dd / "feats.scp").exists()
+        assert len(read_kv(dd / "wav.scp")) == 2
+        validate_data_dir(str(dd), "dump", check_files=True)  # what stages 3-9 check
+    assert int(np.load(u / "fbank" / "train" / "cmvn.npz")["count"]) == sum(
+        int(v) for v in read_kv(u / "fbank" / "train" / "utt2num_frames").values())
+    raw_frames = read_kv(u / "fbank" / "dev" / "utt2num_frames")
+    p = subprocess.run(["bash", "-c", base + " --stage 2"], cwd=mini, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    dd = u / "fbank" / "dev"
+    assert (dd / "feats.scp").exists() and not (dd / "feats_type").exists() and not (dd / "wav.scp").exists()
+    assert read_kv(dd / "utt2num_frames") == raw_frames

@@ -195,14 +195,6 @@ def measure(dump_dir: str, workers: int, n_batches: int, batch_frames: int, max_
 
 
 # -- the table --------------------------------------------------------------------------------------------------
-def paper_step(step_time: float, batch_utts: float) -> list[str]:
-    need = 1.0 / step_time
-    return [f"paper-scale config (egs/mini_en/w2p1/conf/tuning/train_wav2prompt_paper.yaml): batch_frames 400000, "
-            f"max_batch_size 256 -> a global batch of ~{batch_utts:.0f} utterances of ~12 s;",
-            f"one optimiser step is taken as {step_time:g} s (--step_time; README 'Benchmarks' has the estimate), so "
-            f"training consumes {need:.2f} global batches/s; the goal (10x) is {10 * need:.1f} batches/s"]
-
-
 @cli_main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -216,6 +208,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max_batch_size", type=positive_int, default=256, help="the paper-scale config's value")
     ap.add_argument("--step_time", type=positive_float, default=0.5,
                     help="seconds per optimiser step of the paper-scale config (estimate: README 'Benchmarks')")
+    ap.add_argument("--ranks", type=positive_int, default=4, help="GPUs of the paper-scale run (its config's note)")
     ap.add_argument("--preload", action="store_true", help="measure preloaded datasets instead of lazy ones")
     ap.add_argument("--workdir", default="", help="where the dumps go (default: a temporary dir, removed)")
     ap.add_argument("--json", default="", help="also write the rows here")
@@ -281,24 +274,26 @@ def _run(a) -> int:
                   f"(RSS at {big} + slope {slopes[w]:.0f} B/utt; metadata {meta:.0f} B/utt); goal <= 2048 B/utt: "
                   f"{'met' if slopes[w] <= 2048 else 'NOT met'}")
     batch_utts = sum(r["mean_batch_utts"] for r in rows) / len(rows)
-    for line in paper_step(a.step_time, batch_utts):
-        print("# " + line)
-    need = 10.0 / a.step_time
+    need = 10.0 / a.step_time  # global batches/s
+    need_utts = need * batch_utts
     best = max(rows, key=lambda r: r["batch_s"])
-    print(f"# best here: {best['batch_s']:.2f} batches/s ({best['workers']} workers, {best['utts']} utterances, "
-          f"{os.cpu_count()} CPUs): {'met' if best['batch_s'] >= need else 'NOT met'} "
-          f"({best['batch_s'] / need:.2f} of the goal); per worker ~{_per_worker(rows):.2f} batches/s")
+    per_worker = max([r["utt_s"] / max(1, r["workers"]) for r in rows])
+    print(f"# consumption: the paper-scale config (egs/mini_en/w2p1/conf/tuning/train_wav2prompt_paper.yaml: "
+          f"batch_frames 400000, max_batch_size 256) makes global batches of ~{batch_utts:.0f} utterances of ~12 s; "
+          f"at --step_time {a.step_time:g} s per optimiser step (README 'Benchmarks': estimate) training takes "
+          f"{1 / a.step_time:.2f} batches/s; the goal, 10x, is {need:.1f} batches/s = {need_utts:.0f} utt/s")
+    print(f"# one process here ({os.cpu_count()} CPUs): best {best['batch_s']:.2f} batches/s ({best['workers']} "
+          f"workers, {best['utts']} utts) = {best['batch_s'] / need:.2f} of the goal: "
+          f"{'met' if best['batch_s'] >= need else 'NOT met'}")
+    print(f"# per loading process (a worker, or the main process with 0 workers) up to {per_worker:.0f} utt/s: the "
+          f"goal takes {need_utts / per_worker:.1f} such processes in all, i.e. "
+          f"{need_utts / per_worker / a.ranks:.1f} per rank of a {a.ranks}-GPU run (each rank reads 1/{a.ranks} of "
+          "every global batch), given a free core each")
     if a.json:
         from w2p.io import write_json
 
         write_json(a.json, rows)
     return 0
-
-
-def _per_worker(rows: list[dict]) -> float:
-    """Batches/s one worker delivers (the best row with workers >= 1, divided by its workers)."""
-    ws = [r["batch_s"] / r["workers"] for r in rows if r["workers"]]
-    return max(ws) if ws else max(r["batch_s"] for r in rows)
 
 
 if __name__ == "__main__":
