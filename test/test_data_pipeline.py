@@ -93,6 +93,36 @@ def test_lazy_dataset_reads_by_offset_and_equals_the_preloaded_one(tiny_recipe, 
     assert list(lazy._read_ark._fds) == [os.path.join(d, "feats.ark")]
 
 
+def test_batched_fast_read_equals_kaldiio_and_falls_back(tiny_recipe, tmp_path):
+    """__getitems__ reads float32 matrices straight into the batch; its oracle is collate() of kaldiio reads."""
+    import kaldiio
+    import shutil
+
+    d = tmp_path / "train"
+    shutil.copytree(f"{tiny_recipe}/dump/fbank/train", d)
+    ds = DumpDataset(str(d), preload=False)
+    idx = [3, 0, 7, 5]
+    fast, oracle = ds.__getitems__(idx), collate([ds[i] for i in idx])
+    assert fast.keys() == oracle.keys() and fast["utt_ids"] == oracle["utt_ids"]
+    assert torch.equal(fast["feats"], oracle["feats"]) and torch.equal(fast["feat_lens"], oracle["feat_lens"])
+    assert fast["llm_tokens"] == oracle["llm_tokens"] and fast["text"] == oracle["text"]
+    # a float64 ark entry: kaldiio reads it (fallback), same values
+    utt = ds.utt_ids[0]
+    with kaldiio.WriteHelper(f"ark,scp:{d}/f64.ark,{tmp_path}/f64.scp") as w:
+        w(utt, ds[0]["feats"].astype(np.float64))
+    lines = (d / "feats.scp").read_text().splitlines()
+    (d / "feats.scp").write_text("\n".join([(tmp_path / "f64.scp").read_text().strip()] + lines[1:]) + "\n")
+    ds2 = DumpDataset(str(d), preload=False)
+    assert torch.equal(ds2.__getitems__(idx)["feats"], fast["feats"])
+    # a truncated ark is an error naming the utterance (feats.scp names the original ark: point it at the copy)
+    ark = d / "feats.ark"
+    ark.write_bytes(ark.read_bytes()[:-100])
+    (d / "feats.scp").write_text((d / "feats.scp").read_text().replace(f"{tiny_recipe}/dump/fbank/train", str(d)))
+    last = len(ds) - 1
+    with pytest.raises(ValueError, match=f"utterance {ds.utt_ids[last]}: .*truncated ark"):
+        DumpDataset(str(d), preload=False).__getitems__([1, last])
+
+
 def test_workers_give_the_batches_of_the_main_process(tiny_recipe):
     ds = DumpDataset(f"{tiny_recipe}/dump/fbank/train", preload=False)
     sampler = BucketSampler(ds.lengths(), 200, seed=5)

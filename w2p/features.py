@@ -341,14 +341,44 @@ class ArkReader:
         self.max_open = max_open
         self._pid, self._fds = None, {}
 
-    def __call__(self, spec: str) -> np.ndarray:
-        import kaldiio
-
+    def _check_process(self) -> None:
         if self._pid != os.getpid():  # a forked worker must not share its parent's file positions
             self._pid, self._fds = os.getpid(), {}
         if len(self._fds) >= self.max_open:
             self.close()
+
+    def __call__(self, spec: str) -> np.ndarray:
+        import kaldiio
+
+        self._check_process()
         return kaldiio.load_mat(spec, fd_dict=self._fds)
+
+    # The fast path of the training loader: an uncompressed float32 matrix ("FM") is read straight into its rows of
+    # the batch buffer (no intermediate array). Its oracle is __call__ (kaldiio); anything else returns None.
+    _HEAD = 15  # "\0B" "FM " then rows and cols as Kaldi binary ints (a size byte 4 + int32 little-endian)
+
+    def _fd(self, ark: str):
+        self._check_process()
+        fd = self._fds.get(ark)
+        if fd is None:
+            fd = self._fds[ark] = open(ark, "rb")
+        return fd
+
+    def float_header(self, ark: str, offset: int) -> tuple[int, int] | None:
+        """(rows, cols) of the uncompressed float32 matrix at ``offset`` of ``ark``, else None."""
+        fd = self._fd(ark)
+        fd.seek(offset)
+        h = fd.read(self._HEAD)
+        if len(h) < self._HEAD or h[:5] != b"\0BFM " or h[5] != 4 or h[10] != 4:
+            return None
+        return int.from_bytes(h[6:10], "little", signed=True), int.from_bytes(h[11:15], "little", signed=True)
+
+    def read_into(self, ark: str, offset: int, out: np.ndarray) -> bool:
+        """Fill ``out`` (C-contiguous float32, rows x cols of the matrix at ``offset``); False if the ark ends first."""
+        fd = self._fd(ark)
+        fd.seek(offset + self._HEAD)
+        view = memoryview(out).cast("B")
+        return fd.readinto(view) == len(view)
 
     def close(self) -> None:
         for fd in self._fds.values():

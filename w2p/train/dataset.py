@@ -250,28 +250,63 @@ class DumpDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         i = int(i)
         feats = self.feats[i] if self.feats is not None else self._load(i)
-        item = {"utt_id": self.utt_ids[i], "feats": feats}
-        for name, col in self.fields.items():
-            item[name] = col[i]
+        return {"utt_id": self.utt_ids[i], "feats": feats, **self._meta(i)}
+
+    def _meta(self, i: int) -> dict:
+        item = {name: col[i] for name, col in self.fields.items()}
         if self.llm_tokens is not None:
             item["llm_tokens"] = self.llm_tokens[i]
         if self.bpe_tokens is not None:
             item["bpe_tokens"] = self.bpe_tokens[i]
         return item
 
+    def __getitems__(self, indices) -> dict:
+        """The batch of ``indices``, as ``collate([self[i] for i in indices])`` gives it (the DataLoader calls this,
+        then :func:`collate` passes it through). Lazy ark reads take the fast path: every uncompressed float32
+        matrix is read straight into its rows of the batch buffer, about twice as fast as item by item."""
+        idx = [int(i) for i in indices]
+        if self.feats is not None or self.raw or self._specs is not None:
+            return collate([self[i] for i in idx])
+        where = [(self._ark_files[self._ark_idx[i]], int(self._ark_off[i])) for i in idx]
+        heads = [self._read_ark.float_header(a, o) for a, o in where]
+        if any(h is None for h in heads) or len({c for _, c in heads}) != 1:
+            return collate([self[i] for i in idx])  # compressed / double matrices, or mixed dims: kaldiio
+        B, T, D = len(idx), max(r for r, _ in heads), heads[0][1]
+        feats = _batch_buffer(B, T, D)
+        out = feats.numpy()
+        for b, (i, (ark, off), (rows, _)) in enumerate(zip(idx, where, heads)):
+            u = self.utt_ids[i]
+            if not self._read_ark.read_into(ark, off, out[b, :rows]):
+                raise ValueError(f"{os.path.join(self.dump_dir, 'feats.scp')}: utterance {u}: {ark} ends inside "
+                                 "its matrix (a truncated ark); rerun stage 2")
+            self._checked(u, out[b, :rows])
+            out[b, rows:] = 0.0
+        batch = {"utt_ids": [self.utt_ids[i] for i in idx], "feats": feats,
+                 "feat_lens": torch.tensor([r for r, _ in heads], dtype=torch.long)}
+        metas = [self._meta(i) for i in idx]
+        for key in metas[0]:
+            batch[key] = [m[key] for m in metas]
+        return batch
 
-def collate(items: list[dict]) -> dict:
-    """Pad features to (B, T_max, 80); every other key becomes a list in batch order."""
+
+def _batch_buffer(B: int, T: int, D: int) -> torch.Tensor:
+    """An uninitialised (B, T, D) float32 tensor; in a DataLoader worker in shared memory, so that handing the
+    batch to the training process copies nothing (as torch's default_collate does)."""
+    if torch.utils.data.get_worker_info() is not None:
+        storage = torch.empty(0)._typed_storage()._new_shared(B * T * D, device="cpu")
+        return torch.empty(0).new(storage).resize_(B, T, D)
+    return torch.empty(B, T, D, dtype=torch.float32)
+
+
+def collate(items: list[dict] | dict) -> dict:
+    """Pad features to (B, T_max, 80); every other key becomes a list in batch order. A batch already collated by
+    :meth:`DumpDataset.__getitems__` passes through."""
+    if isinstance(items, dict):
+        return items
     B = len(items)
     T = max(it["feats"].shape[0] for it in items)
     D = items[0]["feats"].shape[1]
-    if torch.utils.data.get_worker_info() is not None:
-        # in a DataLoader worker: build the batch in shared memory, so that handing it over copies nothing
-        # (as torch's default_collate does)
-        storage = torch.empty(0)._typed_storage()._new_shared(B * T * D, device="cpu")
-        feats = torch.empty(0).new(storage).resize_(B, T, D)
-    else:
-        feats = torch.empty(B, T, D, dtype=torch.float32)
+    feats = _batch_buffer(B, T, D)
     out = feats.numpy()
     lens = torch.zeros(B, dtype=torch.long)
     for b, it in enumerate(items):
