@@ -2,6 +2,7 @@
 DataLoader with workers, raw-audio dumps (fbank on the fly == the dumped fbank) and the data benchmark."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -234,7 +235,7 @@ def test_benchmark_prints_a_table_of_numbers(tmp_path):
     from w2p.bin import benchmark_data
 
     r = subprocess.run([sys.executable, "-m", "w2p.cli", "benchmark_data", "--sizes", "60,200", "--workers", "0,1",
-                        "--frames", "40", "--distinct", "7", "--batches", "2", "--batch_frames", "2000",
+                        "--frames", "40", "--distinct", "7", "--batches", "2", "--batch_frames", "2000", "--raw",
                         "--workdir", str(tmp_path), "--json", str(tmp_path / "rows.json")],
                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -247,8 +248,11 @@ def test_benchmark_prints_a_table_of_numbers(tmp_path):
             if c != "-":
                 float(c)  # every cell a number
     got = json.loads((tmp_path / "rows.json").read_text())
-    assert [(x["utts"], x["workers"]) for x in got] == [(60, 0), (60, 1), (200, 0), (200, 1)]
+    assert [(x["utts"], x["workers"], x.get("mode")) for x in got] == [
+        (60, 0, None), (60, 1, None), (200, 0, None), (200, 1, None), (60, 0, "raw"), (60, 1, "raw")]
     assert all(x["batch_s"] > 0 and x["n_workers_seen"] == x["workers"] for x in got)
+    raw = [ln for ln in r.stdout.splitlines() if ln.startswith("# raw-audio dump")]
+    assert len(raw) == 2 and all(float(re.search(r"workers: ([0-9.]+) utt/s", ln)[1]) > 0 for ln in raw)
     assert "281241 utterances" in r.stdout and "the goal, 10x, is" in r.stdout
     assert benchmark_data.LIBRISPEECH_960H_UTTS == 281241
 

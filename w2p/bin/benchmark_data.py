@@ -143,6 +143,38 @@ def _malloc_trim() -> None:
         pass
 
 
+def write_raw_dump(root: str, n: int, frames: int, seed: int, distinct: int = 16) -> str:
+    """A raw-audio dump dir (stage 2 --feats_type raw) of n utterances over ``distinct`` 16 kHz flac files of
+    ~frames/100 s: what the loader then costs is decoding + fbank, the same for any waveform of that length."""
+    import numpy as np
+    import soundfile as sf
+
+    from w2p.data.audio import audio_samples
+    from w2p.features import num_frames
+
+    d = os.path.join(root, f"raw{n}")
+    if os.path.isfile(os.path.join(d, "wav.scp")):
+        return d
+    os.makedirs(os.path.join(d, "audio"), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = []
+    for k in range(distinct):
+        p = os.path.join(d, "audio", f"f{k}.flac")
+        secs = rng.uniform(frames / 200, 3 * frames / 200)
+        sf.write(p, (rng.normal(0, 0.1, int(secs * 16000))).astype(np.float32), 16000, subtype="PCM_16")
+        files.append((p, num_frames(audio_samples(p))))
+    utts = [f"{1000 + i // 2000}-{10000 + i // 100}-{i % 100:04d}" for i in range(n)]
+    with open(os.path.join(d, "utt2num_frames"), "w") as nf, open(os.path.join(d, "text"), "w") as tx:
+        for i, u in enumerate(utts):
+            nf.write(f"{u} {files[i % distinct][1]}\n")
+            tx.write(f"{u} a b c\n")
+    with open(os.path.join(d, "feats_type"), "w") as f:
+        f.write("raw\n")
+    with open(os.path.join(d, "wav.scp"), "w") as f:
+        f.writelines(f"{u} {files[i % distinct][0]}\n" for i, u in enumerate(utts))
+    return d
+
+
 # -- one measurement (a fresh process) ----------------------------------------------------------------------
 def measure(dump_dir: str, workers: int, n_batches: int, batch_frames: int, max_batch_size: int,
             preload: bool) -> dict:
@@ -209,6 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--step_time", type=positive_float, default=0.5,
                     help="seconds per optimiser step of the paper-scale config (estimate: README 'Benchmarks')")
     ap.add_argument("--ranks", type=positive_int, default=4, help="GPUs of the paper-scale run (its config's note)")
+    ap.add_argument("--raw", action="store_true",
+                    help="also measure a raw-audio dump (flac + fbank on the fly) of the smallest size, in utt/s")
     ap.add_argument("--preload", action="store_true", help="measure preloaded datasets instead of lazy ones")
     ap.add_argument("--workdir", default="", help="where the dumps go (default: a temporary dir, removed)")
     ap.add_argument("--json", default="", help="also write the rows here")
@@ -229,6 +263,18 @@ def main(argv=None) -> int:
             tmp.cleanup()
 
 
+def _measure_in_subprocess(d: str, workers: int, batches: int, batch_frames: int, max_batch_size: int,
+                           preload: bool) -> dict:
+    """One measurement in a fresh process (its RSS baseline holds nothing of the other sizes)."""
+    cmd = [sys.executable, "-m", "w2p.bin.benchmark_data", "--_measure", d, "--workers", str(workers),
+           "--batches", str(batches), "--batch_frames", str(batch_frames),
+           "--max_batch_size", str(max_batch_size)] + (["--preload"] if preload else [])
+    p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if p.returncode != 0:
+        raise RuntimeError(f"measurement of {d} with {workers} workers failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def _run(a) -> int:
     t0 = time.time()
     mats = write_ark(a.workdir, a.distinct, a.frames, 80, a.seed)
@@ -236,17 +282,10 @@ def _run(a) -> int:
           f"{time.time() - t0:.1f} s; utterance i reads matrix i mod {len(mats)} (page-cached after the first pass)",
           flush=True)
     rows = []
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     for n in sorted(a.sizes):
         d = write_dump(a.workdir, n, mats, a.seed)
         for w in a.workers:
-            cmd = [sys.executable, "-m", "w2p.bin.benchmark_data", "--_measure", d, "--workers", str(w),
-                   "--batches", str(a.batches), "--batch_frames", str(a.batch_frames),
-                   "--max_batch_size", str(a.max_batch_size)] + (["--preload"] if a.preload else [])
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if p.returncode != 0:
-                raise RuntimeError(f"measurement of {d} with {w} workers failed:\n{p.stderr[-2000:]}")
-            rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
+            rows.append(_measure_in_subprocess(d, w, a.batches, a.batch_frames, a.max_batch_size, a.preload))
     head = ["utts", "workers", "build s", "meta B/utt", "RSS MB", "slope B/utt", "worker MB", "batch/s", "utt/s",
             "MB/s"]
     print("| " + " | ".join(head) + " |")
@@ -289,6 +328,15 @@ def _run(a) -> int:
           f"goal takes {need_utts / per_worker:.1f} such processes in all, i.e. "
           f"{need_utts / per_worker / a.ranks:.1f} per rank of a {a.ranks}-GPU run (each rank reads 1/{a.ranks} of "
           "every global batch), given a free core each")
+    if a.raw:
+        d = write_raw_dump(a.workdir, min(a.sizes), a.frames, a.seed)
+        for w in a.workers:
+            r = _measure_in_subprocess(d, w, 4, 40000, a.max_batch_size, False)
+            r["mode"] = "raw"
+            rows.append(r)
+            print(f"# raw-audio dump (--feats_type raw: flac decoded + fbank in the loader), {w} workers: "
+                  f"{r['utt_s']:.0f} utt/s ({r['batch_s'] * r['mean_batch_utts'] / batch_utts:.3f} paper-scale "
+                  f"batches/s; training takes {1 / a.step_time:.2f})")
     if a.json:
         from w2p.io import write_json
 
