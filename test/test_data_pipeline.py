@@ -15,9 +15,9 @@ from conftest import SENTENCES, TINY_ENCODER
 
 from w2p import features
 from w2p.bin import make_fbank
-from w2p.data.audio import audio_samples, load_audio
-from w2p.data.datadir import validate_data_dir, write_data_dir
-from w2p.io import read_kv
+from w2p.data.audio import load_audio
+from w2p.data.datadir import spk2utt_from_utt2spk, validate_data_dir, write_data_dir
+from w2p.io import read_kv, write_kv
 from w2p.train import dataset as dsmod
 from w2p.train.dataset import DumpDataset, IntLists, StringTable, batch_loader, collate
 from w2p.train.sampler import BucketSampler, bucket_batches, bucket_batches_np
@@ -165,37 +165,44 @@ def test_raw_dump_gives_the_dumped_features(speech):
     torch.testing.assert_close(tr.feats(u), tf.feats(u), rtol=0, atol=1e-5)
 
 
-def test_raw_cmvn_sample_and_segments(speech, tmp_path):
-    """segments: the utterances are time spans of one long recording; the loader decodes only the span."""
+def test_segments_in_both_dump_kinds_and_raw_cmvn_sample(speech, tmp_path):
+    """A data dir with Kaldi segments (utterances = time spans of one long recording): stage 2 cuts the same spans
+    for fbank and raw dumps; the raw loader decodes only the span."""
     wavs = sorted(read_kv(speech / "data/train/wav.scp").items())[:3]
     parts = [load_audio(p) for _, p in wavs]
     rec = str(tmp_path / "rec.wav")
     gap = np.zeros(8000, np.float32)
     sf.write(rec, np.concatenate([np.concatenate([x, gap]) for x in parts]), 16000, subtype="FLOAT")
-    d = tmp_path / "seg"
-    d.mkdir()
+    d = tmp_path / "data" / "seg"
+    d.mkdir(parents=True)
     t, lines = 0.0, []
     for (u, _), x in zip(wavs, parts):
         lines.append(f"{u} rec1 {t:.4f} {t + len(x) / 16000:.4f}\n")
         t += (len(x) + len(gap)) / 16000
     (d / "segments").write_text("".join(lines))
     (d / "wav.scp").write_text(f"rec1 {rec}\n")
-    (d / "feats_type").write_text("raw\n")
-    (d / "text").write_text("".join(f"{u} x\n" for u, _ in wavs))
+    (d / "text").write_text("".join(f"{u} words {i}\n" for i, (u, _) in enumerate(wavs)))
+    (d / "utt2spk").write_text("".join(f"{u} {u.split('-')[0]}\n" for u, _ in wavs))
+    write_kv(str(d / "spk2utt"), spk2utt_from_utt2spk(read_kv(d / "utt2spk")))
+    validate_data_dir(str(d), "data", check_files=True)
+    for kind in ("fbank", "raw"):
+        assert make_fbank.main(["--data_dir", str(tmp_path / "data"), "--dump_dir", str(tmp_path / kind),
+                                "--sets", "seg", "--nj", "2", "--feats_type", kind]) == 0
+    raw, fb = DumpDataset(str(tmp_path / "raw/seg"), preload=False), DumpDataset(str(tmp_path / "fbank/seg"))
+    assert read_kv(tmp_path / "raw/seg/wav.scp") == {"rec1": rec} and (tmp_path / "raw/seg/segments").exists()
+    whole = load_audio(rec)
     segs = features.read_segments(str(d / "segments"))
-    (d / "utt2num_frames").write_text("".join(
-        f"{u} {features.num_frames(audio_samples(rec, segment=segs[u][1:]))}\n" for u, _ in wavs))
-    ds = DumpDataset(str(d), preload=False)
     for i, (u, _) in enumerate(wavs):
         _, t0, t1 = segs[u]
-        whole = load_audio(rec)
         oracle = features.fbank(whole[int(round(t0 * 16000)):int(round(t1 * 16000))])
-        assert ds[i]["utt_id"] == u and ds.lengths()[i] == oracle.shape[0]
-        np.testing.assert_array_equal(ds[i]["feats"], oracle)
+        assert raw[i]["utt_id"] == u and raw.lengths()[i] == oracle.shape[0] == fb.lengths()[i]
+        np.testing.assert_array_equal(raw[i]["feats"], oracle)
+        np.testing.assert_array_equal(fb[i]["feats"], oracle)
     # a segment past the end of the recording is an error naming the utterance and the file
-    (d / "segments").write_text(lines[0].rsplit(" ", 1)[0] + " 999.0\n")
+    bad = tmp_path / "raw/seg/segments"
+    bad.write_text(lines[0].rsplit(" ", 1)[0] + " 999.0\n" + "".join(lines[1:]))
     with pytest.raises(features.FeatureError, match=f"utterance '{wavs[0][0]}', file '{rec}'.*outside"):
-        DumpDataset(str(d), preload=False)[0]
+        DumpDataset(str(tmp_path / "raw/seg"), preload=False)[0]
     # CMVN from a sample: evenly spaced utterances
     out = tmp_path / "cmvn.npz"
     st = features.compute_cmvn_raw(str(speech / "dump/raw/train"), str(out), max_utts=3)

@@ -168,7 +168,9 @@ def extract_job(data_dir: str, out_dir: str, nj: int, job: int, *, resample_ok: 
     import kaldiio
 
     wav = read_kv(os.path.join(data_dir, "wav.scp"))
-    utts = list(wav)[job - 1::nj]
+    seg_p = os.path.join(data_dir, "segments")
+    segs = read_segments(seg_p) if os.path.isfile(seg_p) else None
+    utts = list(segs if segs is not None else wav)[job - 1::nj]
     ark, scp, u2nf, skipped = _shard_paths(out_dir, job)
     os.makedirs(os.path.dirname(ark), exist_ok=True)
     # invalidate what would become stale before touching the ark (see module docstring)
@@ -180,7 +182,13 @@ def extract_job(data_dir: str, out_dir: str, nj: int, job: int, *, resample_ok: 
         with kaldiio.WriteHelper(f"ark,scp:{tmp_ark},{tmp_scp}") as w:
             for u in utts:
                 try:
-                    f = compute(u, wav[u], resample_ok=resample_ok)
+                    if segs is None:
+                        f = compute(u, wav[u], resample_ok=resample_ok)
+                    else:  # a time span of a recording (Kaldi segments: wav.scp lists the recordings)
+                        reco, t0, t1 = segs[u]
+                        if reco not in wav:
+                            raise AudioError(f"utterance {u!r}: its recording {reco!r} (segments) is not in wav.scp")
+                        f = compute(u, wav[reco], resample_ok=resample_ok, segment=(t0, t1))
                 except (AudioError, FeatureError) as e:
                     if on_error == "error":
                         raise
@@ -229,7 +237,7 @@ def merge(data_dir: str, out_dir: str, nj: int, *, max_skip_ratio: float = 0.05,
         if idx.isdigit() and int(idx) > nj:
             _rm(p)
     seg_p = os.path.join(data_dir, "segments")
-    n_in = len(read_kv(seg_p if raw and os.path.isfile(seg_p) else os.path.join(data_dir, "wav.scp")))
+    n_in = len(read_kv(seg_p if os.path.isfile(seg_p) else os.path.join(data_dir, "wav.scp")))
     if not feats:
         raise FeatureError(f"{out_dir}: no utterance produced features ({len(skips)} skipped; see skipped)")
     if strict and skips:

@@ -119,6 +119,7 @@ class DumpDataset(torch.utils.data.Dataset):
             specs = [index.spec(u) for u in index.utts]
             self._wav = StringTable(p for p, _ in specs)
             self._seg = None if index.segments is None else np.array([s for _, s in specs], dtype=np.float64)
+            self._specs = None
             del index, specs
         else:
             scp = os.path.join(dump_dir, "feats.scp")
