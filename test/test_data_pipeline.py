@@ -124,6 +124,18 @@ def test_batched_fast_read_equals_kaldiio_and_falls_back(tiny_recipe, tmp_path):
         DumpDataset(str(d), preload=False).__getitems__([1, last])
 
 
+def test_num_workers_setting(tiny_recipe):
+    from w2p.train.trainer import loader_workers
+
+    pre = DumpDataset(f"{tiny_recipe}/dump/fbank/train", preload=True)
+    lazy = DumpDataset(f"{tiny_recipe}/dump/fbank/train", preload=False)
+    assert loader_workers("auto", pre, 1) == 0  # preloaded: nothing to overlap
+    assert 1 <= loader_workers("auto", lazy, 1) <= 8 and loader_workers("auto", lazy, 64) == 1
+    assert loader_workers(3, pre, 1) == 3
+    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+        loader_workers(-1, lazy, 1)
+
+
 def test_workers_give_the_batches_of_the_main_process(tiny_recipe):
     ds = DumpDataset(f"{tiny_recipe}/dump/fbank/train", preload=False)
     sampler = BucketSampler(ds.lengths(), 200, seed=5)

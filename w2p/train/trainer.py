@@ -162,7 +162,8 @@ def loader_workers(setting, dataset: DumpDataset, world: int) -> int:
         return n
     if dataset.preloaded:
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) // max(1, world) - 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, min(8, cores // max(1, world) - 1))
 
 
 # -- distributed ---------------------------------------------------------------------------------------------
