@@ -253,25 +253,25 @@ def test_raw_and_fbank_dumps_train_alike_and_workers_change_nothing(speech, tmp_
 def test_benchmark_prints_a_table_of_numbers(tmp_path):
     from w2p.bin import benchmark_data
 
-    r = subprocess.run([sys.executable, "-m", "w2p.cli", "benchmark_data", "--sizes", "60,200", "--workers", "0,1",
+    r = subprocess.run([sys.executable, "-m", "w2p.cli", "benchmark_data", "--sizes", "60,200", "--workers", "1",
                         "--frames", "40", "--distinct", "7", "--batches", "2", "--batch_frames", "2000", "--raw",
                         "--workdir", str(tmp_path), "--json", str(tmp_path / "rows.json")],
                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| ") and not ln.startswith("| utts")]
-    assert len(rows) == 4
+    assert len(rows) == 2
     for ln in rows:
         cells = [c.strip() for c in ln.strip("|").split("|")]
         assert len(cells) == 10
         for c in cells:
             if c != "-":
                 float(c)  # every cell a number
+    assert cells[5] != "-" and cells[6] != "-"  # the larger size has a slope; a worker has its memory measured
     got = json.loads((tmp_path / "rows.json").read_text())
-    assert [(x["utts"], x["workers"], x.get("mode")) for x in got] == [
-        (60, 0, None), (60, 1, None), (200, 0, None), (200, 1, None), (60, 0, "raw"), (60, 1, "raw")]
+    assert [(x["utts"], x["workers"], x.get("mode")) for x in got] == [(60, 1, None), (200, 1, None), (60, 1, "raw")]
     assert all(x["batch_s"] > 0 and x["n_workers_seen"] == x["workers"] for x in got)
     raw = [ln for ln in r.stdout.splitlines() if ln.startswith("# raw-audio dump")]
-    assert len(raw) == 2 and all(float(re.search(r"workers: ([0-9.]+) utt/s", ln)[1]) > 0 for ln in raw)
+    assert len(raw) == 1 and all(float(re.search(r"workers: ([0-9.]+) utt/s", ln)[1]) > 0 for ln in raw)
     assert "281241 utterances" in r.stdout and "the goal, 10x, is" in r.stdout
     assert benchmark_data.LIBRISPEECH_960H_UTTS == 281241
 
