@@ -222,6 +222,28 @@ def test_two_processes_gloo_equal_one_process(single_run, tiny_recipe, tmp_path)
     assert v2 == pytest.approx(v1, rel=1e-4)
 
 
+def test_dataloader_workers_and_lazy_reads_equal_the_preloaded_main_process_run(single_run, tiny_recipe, tmp_path):
+    """The single run preloads (auto: a small set) and reads in the main process; 2 workers reading each item from
+    the ark by offset must give the same batches, hence the same losses."""
+    conf, out1 = single_run
+    lazy = tmp_path / "lazy.yaml"
+    with open(conf) as f:
+        c = yaml.safe_load(f)
+    lazy.write_text(yaml.safe_dump({**c, "preload": False, "num_workers": 2}))
+    out2 = tmp_path / "exp_workers"
+    r = subprocess.run(_cmd(str(lazy), tiny_recipe, out2), env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(read lazily), 2 DataLoader workers" in (out2 / "train.log").read_text()
+    assert "(preloaded), 0 DataLoader workers" in open(os.path.join(out1, "train.log")).read()
+    l1, l2 = _train_losses(out1), _train_losses(str(out2))
+    assert len(l1) >= 6 and l1.keys() == l2.keys()
+    for s in l1:
+        assert l2[s] == pytest.approx(l1[s], rel=1e-6, abs=1e-7), f"step {s}"
+    v1 = [r["loss"] for r in _metrics(out1) if r["phase"] == "valid"]
+    v2 = [r["loss"] for r in _metrics(str(out2)) if r["phase"] == "valid"]
+    assert v2 == pytest.approx(v1, rel=1e-6)
+
+
 def test_sigkill_then_resume_loses_at_most_one_interval(single_run, tiny_recipe, tmp_path):
     conf, ref_out = single_run
     out = tmp_path / "exp_kill"

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from w2p.features import RAW, RawIndex, dump_type
 from w2p.io import load_feats, read_kv, read_scp, write_atomic, write_kv_atomic
 from w2p.tasks import CALIBRATION_INPUT, canonical_intent, get_task, intents_prompt, readable_intent
 
@@ -73,6 +74,8 @@ class TestSet:
     n_dropped: int = 0  # utterances of the data dir without features (their audio failed in stage 2)
 
     def feats(self, utt: str) -> torch.Tensor:
+        if isinstance(self._feats, RawIndex):  # a raw-audio dump: fbank from the audio, as in training
+            return torch.from_numpy(self._feats.features(utt))
         return torch.tensor(load_feats(self._feats[utt]), dtype=torch.float32)  # copies: the arrays are read-only
 
     def audio_sec(self, utts: list[str] | None = None) -> float:
@@ -83,14 +86,19 @@ def load_set(dump_dir: str, *, max_utts: int | None = None, allow_pipes: bool = 
     """A dump dir (feats.scp, utt2num_frames, text, optional ref / question / intents); the first ``max_utts``
     utterances in sorted id order are kept (deterministic cap)."""
     scp = os.path.join(dump_dir, "feats.scp")
-    if not os.path.isfile(scp):
+    raw = dump_type(dump_dir) == RAW
+    if not raw and not os.path.isfile(scp):
         raise FileNotFoundError(f"{scp} not found: run stage 2 (features) for this set first")
     text_p = os.path.join(dump_dir, "text")
     if not os.path.isfile(text_p):
         raise FileNotFoundError(f"{text_p} not found (every set needs its transcripts)")
     text = read_kv(text_p)
-    feats = read_scp(scp, allow_pipes=allow_pipes)
-    utts = sorted(u for u in text if u in feats)
+    if raw:
+        feats = RawIndex(dump_dir)
+        have = set(feats.utts)
+    else:
+        feats = have = read_scp(scp, allow_pipes=allow_pipes)
+    utts = sorted(u for u in text if u in have)
     if not utts:
         raise ValueError(f"{dump_dir}: no utterance has both a transcript and features")
     if max_utts:

@@ -64,6 +64,9 @@ def build_union(set_dirs: list[str], tasks: list[str], out_dir: str, *, n_valid:
     rows: dict[str, dict[str, dict[str, str]]] = {"train": {}, "valid": {}}
     has_tokens = True
     for d, task in zip(set_dirs, tasks):
+        if os.path.isfile(os.path.join(d, "feats_type")):
+            raise ValueError(f"{d}: a raw-audio dump (stage 2 --feats_type raw); few-shot fine-tuning reads fbank "
+                             "dumps: rerun stage 2 for the task sets with --feats_type fbank (they are small)")
         for f in ("feats.scp", "text", "ref"):
             if not os.path.isfile(os.path.join(d, f)):
                 hint = "run stage 2 (features)" if f == "feats.scp" else "the set needs transcripts and references"

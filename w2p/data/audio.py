@@ -124,6 +124,72 @@ def load_audio(path: str, *, target_sr: int = 16000, resample_ok: bool = True, u
     return x
 
 
+def _segment_bounds(path: str, start: float, end: float, sr: int, frames: int, utt: str | None) -> tuple[int, int]:
+    """Sample range of a Kaldi ``segments`` entry (end <= 0: to the end of the recording)."""
+    s0 = int(round(start * sr))
+    s1 = frames if end <= 0 else int(round(end * sr))
+    if not 0 <= s0 < s1 or s1 > frames + int(0.01 * sr):  # 10 ms slack for rounded end times
+        raise AudioError(f"{_where(path, utt)}: segment {start:.3f}-{end:.3f} s lies outside the recording "
+                         f"({frames / sr:.3f} s). Fix: correct its line in segments or drop the utterance.")
+    return s0, min(s1, frames)
+
+
+def audio_samples(path: str, *, target_sr: int = 16000, segment: tuple[float, float] | None = None,
+                  utt: str | None = None, min_samples: int = 400) -> int:
+    """Samples :func:`load_audio` / :func:`load_segment` would return, from the file header alone (no decoding).
+
+    Raises AudioError (naming utterance and file) for a missing, unreadable, truncated or too short file."""
+    if not os.path.isfile(path):
+        raise AudioError(f"{_where(path, utt)}: audio file does not exist. Fix: check the corpus path in db.sh "
+                         f"or re-run the corpus/data-prep stage (stage 0/1).")
+    if path.lower().endswith(".wav"):
+        _check_wav_truncation(path, utt)
+    try:
+        info = sf.info(path)
+    except Exception as e:
+        raise AudioError(f"{_where(path, utt)}: cannot read the audio header ({e}). The file is corrupt or not "
+                         "audio.") from e
+    n, sr = int(info.frames), int(info.samplerate)
+    if segment is not None:
+        s0, s1 = _segment_bounds(path, segment[0], segment[1], sr, n, utt)
+        n = s1 - s0
+    if n < min_samples:
+        raise AudioError(f"{_where(path, utt)}: audio too short ({n} samples at {sr} Hz; need >= {min_samples}). "
+                         "Fix: drop this utterance from the data dir.")
+    if sr != target_sr:
+        g = math.gcd(sr, target_sr)
+        n = -(-n * (target_sr // g) // (sr // g))  # resample()'s output length: ceil(n * up / down)
+    return n
+
+
+def load_segment(path: str, start: float, end: float, *, target_sr: int = 16000, resample_ok: bool = True,
+                 utt: str | None = None, min_samples: int = 400) -> np.ndarray:
+    """The samples of ``start``..``end`` seconds of a recording (a Kaldi ``segments`` entry), decoded alone (a long
+    recording is not read whole), as :func:`load_audio` returns them."""
+    if not os.path.isfile(path):
+        return load_audio(path, target_sr=target_sr, utt=utt)  # its error names the fix
+    try:
+        info = sf.info(path)
+        s0, s1 = _segment_bounds(path, start, end, int(info.samplerate), int(info.frames), utt)
+        x, sr = sf.read(path, start=s0, stop=s1, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
+    except Exception as e:
+        raise AudioError(f"{_where(path, utt)}: cannot decode audio ({e}). The file is corrupt or not audio.") from e
+    x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    if len(x) < min_samples:
+        raise AudioError(f"{_where(path, utt)}: segment too short ({len(x)} samples at {sr} Hz; need >= "
+                         f"{min_samples}). Fix: drop this utterance.")
+    if not np.isfinite(x).all():
+        raise AudioError(f"{_where(path, utt)}: audio contains NaN/inf samples. Fix: re-create the file.")
+    if sr != target_sr:
+        if not resample_ok:
+            raise AudioError(f"{_where(path, utt)}: sample rate {sr} Hz != {target_sr} Hz and resampling is off. "
+                             f"Fix: enable resampling (--resample true) or convert the file to {target_sr} Hz")
+        x = resample(x, sr, target_sr).astype(np.float32)
+    return x
+
+
 def write_wav_atomic(path: str, x: np.ndarray, sr: int = 16000) -> None:
     """16-bit PCM mono wav written to a temp file then renamed, so readers never see half a file."""
     pcm = np.clip(np.round(np.asarray(x, dtype=np.float64) * 32767.0), -32768, 32767).astype(np.int16)

@@ -16,7 +16,9 @@ from w2p.io import is_pipe, read_kv, read_kv_lines, write_atomic, write_kv
 PER_UTT_FILES = ("wav.scp", "text", "utt2spk", "ref", "question", "slots", "utt2dur", "feats.scp",
                  "utt2num_frames", "llm_tokens", "bpe_tokens")
 REQUIRED = {"data": ("wav.scp", "text", "utt2spk", "spk2utt"),
-            "dump": ("feats.scp", "utt2num_frames", "text", "utt2spk", "spk2utt")}
+            "dump": ("feats.scp", "utt2num_frames", "text", "utt2spk", "spk2utt"),
+            # a raw-audio dump (stage 2 --feats_type raw): its ``feats_type`` file says ``raw``; no features
+            "raw_dump": ("wav.scp", "utt2num_frames", "text", "utt2spk", "spk2utt")}
 # Per-utt files copied from data/<set> into dump/fbank/<set> (+ the label set ``intents``).
 COPY_TO_DUMP = ("text", "utt2spk", "spk2utt", "ref", "question", "slots", "intents", "utt2dur")
 
@@ -63,6 +65,13 @@ def validate_data_dir(path: str, kind: str = "data", *, check_files: bool = Fals
     fix = f" ({hint})" if hint else ""
     if not os.path.isdir(path):
         raise DataDirError(f"{path}: data directory does not exist{fix}")
+    ft = os.path.join(path, "feats_type")
+    if kind == "dump" and os.path.isfile(ft):
+        with open(ft, encoding="utf-8") as f:
+            kind = "raw_dump" if f.read().strip() == "raw" else kind
+    # with a Kaldi ``segments`` file, wav.scp lists recordings and segments (utt rec start end) the utterances
+    segmented = os.path.isfile(os.path.join(path, "segments"))
+    per_utt = tuple(n for n in PER_UTT_FILES if n != "wav.scp") + ("segments",) if segmented else PER_UTT_FILES
     for fname in REQUIRED[kind]:
         p = os.path.join(path, fname)
         if not os.path.isfile(p) or os.path.getsize(p) == 0:
@@ -70,7 +79,7 @@ def validate_data_dir(path: str, kind: str = "data", *, check_files: bool = Fals
     if problems:
         raise DataDirError(f"{path}: " + "; ".join(problems) + fix)
     maps: dict[str, OrderedDict] = {}
-    for fname in PER_UTT_FILES:
+    for fname in per_utt:
         p = os.path.join(path, fname)
         if not os.path.isfile(p):
             continue
@@ -93,7 +102,7 @@ def validate_data_dir(path: str, kind: str = "data", *, check_files: bool = Fals
                             "sort it with LC_ALL=C sort")
         maps[fname] = OrderedDict(lines)
     # compare every per-utt file against the audio/feature index (the file the others describe)
-    ref_name = next(n for n in ("wav.scp", "feats.scp", "utt2spk") if n in maps)
+    ref_name = next(n for n in ("wav.scp", "segments", "feats.scp", "utt2spk") if n in maps)
     ref_keys = set(maps[ref_name])
     for fname, m in maps.items():
         if fname == ref_name:
@@ -142,8 +151,9 @@ def validate_data_dir(path: str, kind: str = "data", *, check_files: bool = Fals
                 problems.append(f"utt2num_frames: bad frame count {v!r} for utterance {u!r}")
                 break
     if check_files:
-        if "wav.scp" in maps:
-            missing = [(u, p) for u, p in maps["wav.scp"].items() if not p.endswith("|") and not os.path.isfile(p)]
+        wavs = maps.get("wav.scp") or (read_kv(os.path.join(path, "wav.scp")) if segmented else None)
+        if wavs:
+            missing = [(u, p) for u, p in wavs.items() if not p.endswith("|") and not os.path.isfile(p)]
             if missing:
                 problems.append(f"wav.scp: {len(missing)} audio files missing, e.g. utterance {missing[0][0]!r}: "
                                 f"{missing[0][1]}")

@@ -26,7 +26,9 @@ DEFAULTS = {
     "patience": None,  # stop after this many epochs without improvement of best_criterion
     "max_steps": None,  # stop after this many optimiser steps (mainly for tests)
     "init_exclude": [],  # parameter-name prefixes not taken from --init
-    "preload": True,
+    # features in RAM (true), read per item (false), or auto: in RAM below 1 GiB (w2p/train/dataset.py)
+    "preload": "auto",
+    "num_workers": "auto",  # DataLoader workers per process; auto: 0 if preloaded, else min(8, cores - 1)
     # feats.scp entries that are shell commands (Kaldi "cmd |" pipes) are RUN when read: refused unless true
     "allow_scp_pipes": False,
 }

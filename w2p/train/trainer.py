@@ -26,7 +26,7 @@ import torch.distributed as dist
 from w2p.io import write_json
 from w2p.train.average import atomic_save, average_state_dicts
 from w2p.config import save_config
-from w2p.train.dataset import DumpDataset, collate
+from w2p.train.dataset import DumpDataset, batch_loader
 from w2p.train.sampler import BucketSampler
 
 log = logging.getLogger("w2p.train")
@@ -152,6 +152,20 @@ def model_needs_llm(model_name: str) -> bool:
     return bool(model_class(model_name).needs_llm)
 
 
+def loader_workers(setting, dataset: DumpDataset, world: int) -> int:
+    """``num_workers``: an int, or ``auto``: none for a preloaded set (its items are already in memory), else
+    up to 8 per process, leaving each process one core (workers read arks / compute fbank of raw dumps)."""
+    if setting != "auto":
+        n = int(setting)
+        if n < 0:
+            raise ValueError(f"num_workers must be >= 0 or auto, got {setting}")
+        return n
+    if dataset.preloaded:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, min(8, cores // max(1, world) - 1))
+
+
 # -- distributed ---------------------------------------------------------------------------------------------
 class Dist:
     def __init__(self, ngpu: int = 0):
@@ -228,10 +242,13 @@ class Trainer:
                  conf["model"], n_par / 1e6, self.device, self.dist.world, self.amp)
         self.optim = build_optimizer(conf["optim"], self.params, conf["optim_conf"])
         pipes = bool(conf.get("allow_scp_pipes"))
-        self.train_set = DumpDataset(train_dir, llm=llm, preload=conf.get("preload", True), allow_pipes=pipes)
-        self.valid_set = DumpDataset(valid_dir, llm=llm, preload=conf.get("preload", True), allow_pipes=pipes)
+        self.train_set = DumpDataset(train_dir, llm=llm, preload=conf.get("preload", "auto"), allow_pipes=pipes)
+        self.valid_set = DumpDataset(valid_dir, llm=llm, preload=conf.get("preload", "auto"), allow_pipes=pipes)
+        self.num_workers = loader_workers(conf.get("num_workers", "auto"), self.train_set, self.dist.world)
+        log.info("data: %d train utterances (%s), %d DataLoader workers", len(self.train_set),
+                 "preloaded" if self.train_set.preloaded else "read lazily", self.num_workers)
         if self.train_set.llm_tokens is not None:
-            self.model.set_train_vocab(t for ids in self.train_set.llm_tokens.values() for t in ids)
+            self.model.set_train_vocab(np.unique(self.train_set.llm_tokens.flat).tolist())
         self.sampler = BucketSampler(self.train_set.lengths(), int(conf["batch_frames"]),
                                      max_batch_size=conf.get("max_batch_size"), shuffle=True,
                                      seed=int(conf["seed"]), rank=self.dist.rank, world_size=self.dist.world)
@@ -317,6 +334,12 @@ class Trainer:
         log.info("resumed from %s: step %d, epoch %d, batch %d", self.ckpt_path, self.step, self.sampler.epoch,
                  self.sampler.position)
 
+    # -- data ------------------------------------------------------------------------------------------------
+    def _batches(self, dataset: DumpDataset, batches: list, tag: int):
+        """Collated batches of ``batches`` ((indices, global size) pairs) in order, through the DataLoader."""
+        return batch_loader(dataset, [idx for idx, _ in batches], num_workers=self.num_workers,
+                            seed=int(self.conf["seed"]) * 1000003 + tag, pin_memory=self.device.type == "cuda")
+
     # -- steps -----------------------------------------------------------------------------------------------
     def _to_device(self, batch: dict) -> dict:
         return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -352,9 +375,10 @@ class Trainer:
         self.model.eval()
         sums: dict[str, float] = {}
         total = 0
+        batches = self.valid_sampler.epoch_batches(1)
         with torch.no_grad():
-            for idx, gsize in self.valid_sampler.epoch_batches(1):
-                batch = self._to_device(collate([self.valid_set[i] for i in idx]))
+            for (idx, gsize), batch in zip(batches, self._batches(self.valid_set, batches, -1)):
+                batch = self._to_device(batch)
                 _, stats = self._forward(batch)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
@@ -403,6 +427,7 @@ class Trainer:
                 pbar = tqdm(total=len(batches), initial=self.sampler.position, desc=f"epoch {epoch}",
                             leave=False, dynamic_ncols=True)
             bi = self.sampler.position
+            loader = self._batches(self.train_set, batches[bi:], epoch)
             while bi < len(batches):
                 if max_steps and self.step >= int(max_steps):  # a finished run, resumed: no extra step
                     stop = True
@@ -412,7 +437,7 @@ class Trainer:
                 step_stats: dict[str, float] = {}
                 step_n = 0
                 for idx, gsize in group:
-                    batch = self._to_device(collate([self.train_set[i] for i in idx]))
+                    batch = self._to_device(next(loader))
                     loss, stats = self._forward(batch)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss at step {self.step + 1} "
@@ -454,6 +479,7 @@ class Trainer:
                     break
                 if save_every and self.step % save_every == 0 and bi < len(batches):
                     self._save_checkpoint()
+            del loader  # its workers end here
             if pbar is not None:
                 pbar.close()
             if stop and bi < len(batches):

@@ -33,6 +33,7 @@ valid_set=dev
 test_sets="test"
 tasks="st slu sqqa sqa"   # zero-shot tasks; sets <task>_fewshot and <task>_test
 resample=true        # resample audio that is not 16 kHz (false: such files are errors)
+feats_type=fbank     # stage 2: fbank (features dumped) | raw (audio references; fbank computed on the fly)
 local_data_opts=""   # extra options for local/data.sh (e.g. mini_en: "--corpus_dir corpus")
 
 # LLM and systems (used by stages 3-10)
@@ -70,6 +71,7 @@ usage() {
   printf "$o" "--test_sets \"${test_sets}\"" "ASR test sets"
   printf "$o" "--tasks \"${tasks}\"" "zero-shot tasks (sets <task>_fewshot, <task>_test)"
   printf "$o" "--resample ${resample}" "resample non-16 kHz audio (false: error)"
+  printf "$o" "--feats_type ${feats_type}" "stage 2: fbank (dump features) | raw (fbank on the fly)"
   printf "$o" "--local_data_opts \"${local_data_opts}\"" "extra options for local/data.sh (stages 0-1)"
   printf "$o" "--llm ${llm}" "frozen LLM"
   printf "$o" "--systems_config ${systems_config}" "the systems of stages 4-9 (trained, decoded, scored)"
@@ -159,15 +161,19 @@ fi
 
 # ============================================================================ Stage 2: fbank + CMVN
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
-  log "Stage 2: 80-dim fbank -> ${fbankdir}/<set> (nj=${nj}), global CMVN -> ${fbankdir}/${train_set}/cmvn.npz"
+  log "Stage 2: 80-dim fbank (feats_type ${feats_type}) -> ${fbankdir}/<set> (nj=${nj}), global CMVN ->" \
+    "${fbankdir}/${train_set}/cmvn.npz"
   # shellcheck disable=SC2046
   validate data "run stage 1 (data prep) first" $(prefixed ${datadir} ${all_sets})
+  # fbank: each job dumps features of its share; raw: each job reads only its files' headers (frame counts), and
+  # the loaders compute the same fbank from the audio (no feature dump for a 960 h corpus)
   ${cmd} JOB=1:${nj} ${fbankdir}/log/fbank.JOB.log \
     ${python} -m w2p.bin.make_fbank --data_dir ${datadir} --dump_dir ${fbankdir} --sets ${all_sets} \
-      --nj ${nj} --job JOB --resample ${resample}
+      --nj ${nj} --job JOB --resample ${resample} --feats_type ${feats_type}
   # merge the shards, validate every dump dir, global CMVN stats (count, sum, sum_square) of the training set
+  # (raw: of a sample of up to 5000 utterances, all of a smaller set)
   ${python} -m w2p.bin.make_fbank --data_dir ${datadir} --dump_dir ${fbankdir} --sets ${all_sets} --nj ${nj} \
-    --merge --cmvn_set ${train_set}
+    --merge --cmvn_set ${train_set} --feats_type ${feats_type}
 fi
 
 # ============================================================================ Stage 3: LLM prep
