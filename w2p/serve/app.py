@@ -103,13 +103,19 @@ def create_app(pipe, config: ServeConfig):
 
     # -- request helpers ---------------------------------------------------------------------------------------
     async def read_body(request: Request) -> bytes:
-        """The body, refused with 413 past the size limit (also when no Content-Length announces it)."""
+        """The body, refused with 413 past the size limit (also when no Content-Length announces it). An oversized
+        body is read and dropped (up to 8x the limit) before answering, so the client, still sending, gets the 413
+        rather than a broken connection; nothing past the limit is kept in memory."""
         cl = request.headers.get("content-length")
-        if cl is not None and cl.isdigit() and int(cl) > config.max_bytes:
-            raise APIError(413, f"request body of {int(cl)} bytes is over the limit of {config.max_bytes} bytes "
-                           "(--max_request_mb): send shorter or compressed audio", code="request_too_large")
+        announced = int(cl) if cl is not None and cl.isdigit() else None
         chunks, n = [], 0
         try:
+            if announced is not None and announced > config.max_bytes:
+                if announced <= 8 * config.max_bytes:
+                    async for _ in request.stream():
+                        pass
+                raise APIError(413, f"request body of {announced} bytes is over the limit of {config.max_bytes} "
+                               "bytes (--max_request_mb): send shorter or compressed audio", code="request_too_large")
             async for c in request.stream():
                 n += len(c)
                 if n > config.max_bytes:
