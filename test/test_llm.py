@@ -69,6 +69,20 @@ def test_padding_does_not_change_generation(llm):
     assert alone[0] == batched[1]
 
 
+def test_padding_does_not_change_beam_search(llm):
+    """The server batches requests of different prompt lengths: left padding, the attention mask and the position
+    ids must leave every row's beam search as it is alone (the one-at-a-time oracle)."""
+    texts = ["could you tell me the way to the nearest train station please", "stop"]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared CPU: one thread is much faster under contention
+    try:
+        together = llm.generate(llm.build_inputs(TEMPLATE, texts), max_new_tokens=6, num_beams=2)
+        alone = [llm.generate(llm.build_inputs(TEMPLATE, [t]), max_new_tokens=6, num_beams=2)[0] for t in texts]
+    finally:
+        torch.set_num_threads(n)
+    assert together == alone
+
+
 def test_fields_and_errors(llm):
     inp = llm.build_inputs("Answer {question} about {speech}", ["x"], question=["why"])
     assert inp.inputs_embeds.shape[0] == 1
