@@ -423,9 +423,12 @@ def test_page_in_headless_chromium(server, speech, tmp_path):
     assert chromium and driver, "tools/install.sh installs Debian's chromium and chromium-driver"
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1180,1220"):
-        opts.add_argument(a)
     path = speech["joined"][0]
+    # the microphone: Chromium's fake capture device plays a wav into getUserMedia, MediaRecorder makes webm/opus
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1180,1220",
+              "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+              f"--use-file-for-fake-audio-capture={path}"):
+        opts.add_argument(a)
     body, ctype = _multipart({"file": ("joined.wav", open(path, "rb").read()), "task": "asr"})
     status, want = _post(server + "/v1/w2p/run", body, ctype)
     assert status == 200
@@ -447,5 +450,18 @@ def test_page_in_headless_chromium(server, speech, tmp_path):
         d.execute_script("document.getElementById('answer').scrollIntoView()")
         shot = os.environ.get("W2P_SERVE_SCREENSHOT") or str(tmp_path / "serve_page.png")
         assert d.save_screenshot(shot) and os.path.getsize(shot) > 10000
+
+        # record from the microphone for ~1.5 s, stop, run: the browser's webm/opus goes through ffmpeg
+        d.find_element(By.ID, "rec").click()
+        WebDriverWait(d, 10).until(lambda d: d.find_element(By.ID, "recinfo").text == "recording...")
+        time.sleep(1.5)
+        d.find_element(By.ID, "rec").click()
+        WebDriverWait(d, 10).until(lambda d: d.find_element(By.ID, "recinfo").text.startswith("recorded"))
+        d.find_element(By.ID, "run").click()
+        WebDriverWait(d, 120).until(lambda d: d.find_element(By.ID, "status").text != "running...")
+        assert d.find_element(By.ID, "status").text == "done", d.find_element(By.ID, "status").text
+        dur = float(d.find_element(By.ID, "template_used").text.split("(")[1].split(" s of audio")[0])
+        assert 0.8 < dur < len(speech["joined"][1]) / SR - 0.5, dur  # the recording, not the uploaded file
+        assert d.find_elements(By.CSS_SELECTOR, "#tokens text.tok")
     finally:
         d.quit()
