@@ -248,6 +248,15 @@ def test_max_tokens_and_the_page_endpoint(server, serve_pack, speech):
     assert j["template"] == "{speech}\nWhat is asked? Answer in a few words."
     assert j["text"] == pipe.generate([path], task="sqa", question="What is asked?", max_new_tokens=5)[0]
     assert abs(j["duration"] - len(speech["u1"][1]) / SR) < 1e-3 and 0 < len(j["waveform"]) <= 1000
+    # transcriptions: verbose_json carries the readout, text is the bare answer
+    body, ctype = _multipart({"file": ("u1.wav", open(path, "rb").read()), "model": MODEL,
+                              "response_format": "verbose_json"})
+    status, v = _post(server + "/v1/audio/transcriptions", body, ctype)
+    assert status == 200 and v["text"] == pipe.generate([path], task="asr")[0], v
+    assert [t["id"] for t in v["w2p"]["readout"][0]["tokens"]] == \
+        pipe.llm.nearest_tokens(pipe.prompts([path])[0])
+    body, ctype = _multipart({"file": ("u1.wav", open(path, "rb").read()), "model": MODEL, "response_format": "text"})
+    assert _post(server + "/v1/audio/transcriptions", body, ctype) == (200, v["text"] + "\n")
 
 
 # -- bad requests ----------------------------------------------------------------------------------------------
