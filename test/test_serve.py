@@ -266,6 +266,8 @@ def test_bad_requests_get_a_4xx_json_error_and_the_server_goes_on(server, speech
     long_audio = _wav_bytes(np.tile(speech["u1"][1], 10)[: SR * 10])  # 10 s > --max_seconds 8, < 1 MiB
     assert len(long_audio) < 1024 * 1024
     big = _wav_bytes(np.zeros(SR * 40, np.float32))  # 1.3 MB > --max_request_mb 1
+    # an HLS playlist would make an unrestricted ffmpeg read a server-side file: only audio demuxers are allowed
+    playlist = f"#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\nfile://{speech['u0'][0]}\n#EXT-X-ENDLIST\n".encode()
     chat, tr, run = server + "/v1/chat/completions", server + "/v1/audio/transcriptions", server + "/v1/w2p/run"
     cases = [  # (what, url, body, content type, status, words the message must hold)
         ("not audio (chat)", chat, _chat_body(b"hello, this is text"), "application/json", 400, "not decodable"),
@@ -273,6 +275,8 @@ def test_bad_requests_get_a_4xx_json_error_and_the_server_goes_on(server, speech
          "base64"),
         ("not audio (upload)", tr, *_multipart({"file": ("notes.txt", b"just text"), "model": MODEL}), 400,
          "notes.txt"),
+        ("a playlist naming a local file", tr, *_multipart({"file": ("list.m3u8", playlist), "model": MODEL}), 400,
+         "not decodable"),
         ("truncated wav", tr, *_multipart({"file": ("cut.wav", truncated), "model": MODEL}), 400, "truncated"),
         ("over the length limit", chat, _chat_body(long_audio), "application/json", 400, "over the limit of 8"),
         ("over the size limit", tr, *_multipart({"file": ("big.wav", big), "model": MODEL}), 413, "over the limit"),
@@ -293,6 +297,8 @@ def test_bad_requests_get_a_4xx_json_error_and_the_server_goes_on(server, speech
         ("not JSON", chat, b"{model: tiny", "application/json", 400, "not valid JSON"),
         ("temperature > 0", chat, _chat_body(wav, temperature=0.8), "application/json", 400, "temperature"),
         ("n = 2", chat, _chat_body(wav, n=2), "application/json", 400, "n=2"),
+        ("temperature not a number", chat, _chat_body(wav, temperature="hot"), "application/json", 400,
+         "temperature"),
         ("max_tokens = 0", chat, _chat_body(wav, max_tokens=0), "application/json", 400, "max_tokens"),
         ("unknown route", server + "/v1/completions", b"{}", "application/json", 404, "no route"),
     ]

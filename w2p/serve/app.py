@@ -185,11 +185,19 @@ def create_app(pipe, config: ServeConfig):
         return int(value)
 
     def check_decoding(temperature, n):
-        if temperature not in (None, "") and float(temperature) != 0.0:
-            raise APIError(400, f"temperature={temperature}: only deterministic decoding is served (temperature 0: "
+        def num(v, kind):
+            try:
+                return None if v in (None, "") else kind(v)
+            except (TypeError, ValueError):
+                return float("nan")
+
+        t = num(temperature, float)
+        if t is not None and t != 0.0:
+            raise APIError(400, f"temperature={temperature!r}: only deterministic decoding is served (temperature 0: "
                            "the model's beam/greedy search)", param="temperature")
-        if n not in (None, "") and int(n) != 1:
-            raise APIError(400, f"n={n}: only one choice per request (n=1)", param="n")
+        k = num(n, float)
+        if k is not None and k != 1:
+            raise APIError(400, f"n={n!r}: only one choice per request (n=1)", param="n")
 
     def audio_features(data: bytes, name: str):
         try:

@@ -15,6 +15,8 @@ import numpy as np
 from w2p.data.audio import AudioError, load_audio
 
 SAMPLE_RATE = 16000
+# ffmpeg demuxers the server accepts (webm/opus from browsers, mp3, m4a/mp4, ogg, aac, wav, flac)
+AUDIO_DEMUXERS = "matroska,webm,ogg,mp3,wav,flac,mov,mp4,m4a,3gp,aac"
 
 
 class AudioDecodeError(ValueError):
@@ -26,7 +28,9 @@ def _ffmpeg_to_wav(src: str, dst: str) -> None:
     if exe is None:
         raise AudioDecodeError("this audio format needs ffmpeg, which is not installed on the server (apt-get "
                                "install ffmpeg); or send WAV/FLAC")
-    p = subprocess.run([exe, "-nostdin", "-hide_banner", "-v", "error", "-xerror", "-i", src, "-vn", "-ac", "1",
+    # only audio containers: a playlist (hls, concat) could make ffmpeg read other files or URLs on our behalf
+    p = subprocess.run([exe, "-nostdin", "-hide_banner", "-v", "error", "-xerror", "-protocol_whitelist", "file",
+                        "-format_whitelist", AUDIO_DEMUXERS, "-i", src, "-vn", "-ac", "1",
                         "-ar", str(SAMPLE_RATE), "-c:a", "pcm_s16le", "-f", "wav", "-y", dst],
                        capture_output=True, text=True, timeout=120)
     if p.returncode != 0 or not os.path.isfile(dst) or os.path.getsize(dst) <= 44:
