@@ -182,7 +182,7 @@ class BatchEngine:
         pipe, llm = self.pipe, self.pipe.llm
         inputs = llm.build_inputs([batch[i].template for i in idx], [sp.vectors[i] for i in idx])
         texts = llm.generate(inputs, max_new_tokens=max_new, num_beams=int(pipe.decode["beam"]),
-                             repetition_penalty=float(pipe.decode["repetition_penalty"]))
+                             repetition_penalty=float(pipe.decode["repetition_penalty"]), share_prefix=True)
         return texts, [int(n) for n in inputs.attention_mask.sum(1).tolist()]
 
     def _result(self, batch, sp, i, text, n_in, size) -> Result:
