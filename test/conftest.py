@@ -1,15 +1,20 @@
 """Shared fixtures.
 
+``packed``: a tiny untrained Wav2Prompt model packed with w2p.infer.pack_model (beam 1), and the model itself.
+``wavs``: two espeak-ng utterances (+ an empty and a garbage wav and a wav.scp).
+
 ``llm``: the default frozen LLM, loaded once per test session (converted from the GGUF into
 <repo>/tools/cache/llm/ the first time, ~20 s; later loads take about a second).
 ``tiny_recipe``: a recipe-like dir with dump/fbank/{train,dev}/ (synthetic fbank ark/scp, text, llm_tokens,
 cmvn.npz) small enough for training tests that run in seconds.
 """
 import os
+import subprocess
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 SENTENCES = [
     "turn on the lights", "what time is it", "play some music", "call my sister", "open the door",
@@ -70,3 +75,37 @@ def tiny_recipe(tmp_path_factory, llm):
 TINY_ENCODER = {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 1,
                 "cnn_module_kernel": 5, "dropout_rate": 0.0, "positional_dropout_rate": 0.0,
                 "attention_dropout_rate": 0.0}
+
+
+@pytest.fixture(scope="session")
+def packed(tmp_path_factory, tiny_recipe, llm):
+    from w2p.infer import pack_model
+    from w2p.models import build_model
+
+    root = tmp_path_factory.mktemp("infer")
+    exp = root / "exp"
+    exp.mkdir()
+    cmvn = os.path.join(tiny_recipe, "dump", "fbank", "train", "cmvn.npz")
+    conf = {"encoder": dict(TINY_ENCODER, cmvn=cmvn), "cif": {"dropout": 0.0}}
+    torch.manual_seed(0)
+    model = build_model("wav2prompt", conf, llm)
+    (exp / "config.yaml").write_text(yaml.safe_dump({"model": "wav2prompt", "model_conf": conf,
+                                                     "llm": "smollm2-135m"}))
+    torch.save(model.state_dict(), exp / "model.pt")
+    out = pack_model(str(exp), str(root / "packed"), llm=llm, decode={"beam": 1})
+    pack_model(str(exp), out, llm=llm, decode={"beam": 1})  # re-packing over an existing dir is atomic/safe
+    return out, model
+
+
+@pytest.fixture(scope="session")
+def wavs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wavs")
+    paths = []
+    for i, text in enumerate(["turn on the lights", "what time is it"]):
+        p = d / f"u{i}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(p), text], check=True, capture_output=True)
+        paths.append(str(p))
+    (d / "empty.wav").write_bytes(b"")
+    (d / "garbage.wav").write_bytes(b"RIFF1234WAVEnot really audio at all" * 3)
+    (d / "wav.scp").write_text(f"a {paths[0]}\nb {paths[1]}\n")
+    return d, paths

@@ -2,14 +2,10 @@
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 import torch
 import yaml
-from conftest import TINY_ENCODER
-
-from w2p.models import build_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -18,39 +14,6 @@ def _one_thread():
     torch.set_num_threads(1)  # shared CPU: one thread is much faster under contention
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory, tiny_recipe, llm):
-    from w2p.infer import pack_model
-
-    root = tmp_path_factory.mktemp("infer")
-    exp = root / "exp"
-    exp.mkdir()
-    cmvn = os.path.join(tiny_recipe, "dump", "fbank", "train", "cmvn.npz")
-    conf = {"encoder": dict(TINY_ENCODER, cmvn=cmvn), "cif": {"dropout": 0.0}}
-    torch.manual_seed(0)
-    model = build_model("wav2prompt", conf, llm)
-    (exp / "config.yaml").write_text(yaml.safe_dump({"model": "wav2prompt", "model_conf": conf,
-                                                     "llm": "smollm2-135m"}))
-    torch.save(model.state_dict(), exp / "model.pt")
-    out = pack_model(str(exp), str(root / "packed"), llm=llm, decode={"beam": 1})
-    pack_model(str(exp), out, llm=llm, decode={"beam": 1})  # re-packing over an existing dir is atomic/safe
-    return out, model
-
-
-@pytest.fixture(scope="module")
-def wavs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("wavs")
-    paths = []
-    for i, text in enumerate(["turn on the lights", "what time is it"]):
-        p = d / f"u{i}.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(p), text], check=True, capture_output=True)
-        paths.append(str(p))
-    (d / "empty.wav").write_bytes(b"")
-    (d / "garbage.wav").write_bytes(b"RIFF1234WAVEnot really audio at all" * 3)
-    (d / "wav.scp").write_text(f"a {paths[0]}\nb {paths[1]}\n")
-    return d, paths
 
 
 def test_pack_contents(packed, llm):

@@ -69,6 +69,26 @@ def test_padding_does_not_change_generation(llm):
     assert alone[0] == batched[1]
 
 
+def test_padding_does_not_change_beam_search(llm):
+    """The server batches requests of different prompt lengths and templates: left padding, the attention mask and
+    the position ids, with or without the shared prefix cache, must leave every row's beam search as it is alone
+    (the one-at-a-time oracle)."""
+    texts = ["could you tell me the way to the nearest train station please", "stop", "good morning"]
+    templates = [TEMPLATE, TEMPLATE, "Say it in German: {speech}"]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared CPU: one thread is much faster under contention
+    try:
+        inputs = llm.build_inputs(templates, texts)
+        assert inputs.prefix_ids and len(inputs.prefix_ids) > 5  # the chat system turn at least
+        together = llm.generate(inputs, max_new_tokens=6, num_beams=2)
+        shared = llm.generate(inputs, max_new_tokens=6, num_beams=2, share_prefix=True)
+        alone = [llm.generate(llm.build_inputs(tpl, [t]), max_new_tokens=6, num_beams=2)[0]
+                 for tpl, t in zip(templates, texts)]
+    finally:
+        torch.set_num_threads(n)
+    assert together == alone and shared == alone
+
+
 def test_fields_and_errors(llm):
     inp = llm.build_inputs("Answer {question} about {speech}", ["x"], question=["why"])
     assert inp.inputs_embeds.shape[0] == 1

@@ -20,7 +20,7 @@ LAYERS = [  # (layer, module prefixes); the longest matching prefix decides
     (2, ["w2p.features"]),
     (3, ["w2p.cif", "w2p.llm", "w2p.models"]),
     (4, ["w2p.train"]),
-    (5, ["w2p.decode", "w2p.infer"]),
+    (5, ["w2p.decode", "w2p.infer", "w2p.serve"]),
     (6, ["w2p.score", "w2p.plots"]),
     (7, ["w2p.bin", "w2p.cli", "w2p.info", "w2p.__main__"]),
 ]

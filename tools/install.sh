@@ -11,14 +11,22 @@ python=${PYTHON:-python3}
 
 log() { echo "$(date '+%H:%M:%S') [install] $*"; }
 
-# --- system packages: espeak-ng + sox synthesise the default corpus --------------------
-if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
+# --- system packages: espeak-ng + sox synthesise the default corpus; ffmpeg decodes what the server is sent
+# (the browser recorder's webm/opus); chromium + chromium-driver run the page's browser test ---------------------
+apt_pkgs=()
+command -v espeak-ng >/dev/null || apt_pkgs+=(espeak-ng)
+command -v sox >/dev/null || apt_pkgs+=(sox)
+command -v ffmpeg >/dev/null || apt_pkgs+=(ffmpeg)
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || apt_pkgs+=(chromium)
+command -v chromedriver >/dev/null || apt_pkgs+=(chromium-driver)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "installing espeak-ng and sox with apt-get"
+    log "installing ${apt_pkgs[*]} with apt-get"
     apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
   else
-    echo "w2p: please install espeak-ng and sox (e.g. 'sudo apt-get install espeak-ng sox'); the default corpus needs them." >&2
+    echo "w2p: please install ${apt_pkgs[*]} (e.g. 'sudo apt-get install ${apt_pkgs[*]}'); the default corpus needs" \
+      "espeak-ng and sox, w2p serve needs ffmpeg, its browser test chromium and chromium-driver." >&2
   fi
 fi
 

@@ -152,9 +152,10 @@ def resolve_llm(source: str = DEFAULT_LLM, cache_root: str | None = None) -> str
 class LLMInputs:
     inputs_embeds: torch.Tensor  # (B, L, D), left-padded
     attention_mask: torch.Tensor  # (B, L) long, 0 = padding
+    prefix_ids: list[int] | None = None  # text tokens every row starts with (generate(share_prefix=True) caches them)
 
     def to(self, device) -> "LLMInputs":
-        return LLMInputs(self.inputs_embeds.to(device), self.attention_mask.to(device))
+        return LLMInputs(self.inputs_embeds.to(device), self.attention_mask.to(device), self.prefix_ids)
 
 
 class FrozenLLM(nn.Module):
@@ -310,13 +311,20 @@ class FrozenLLM(nn.Module):
         if not speech:
             raise ValueError("build_inputs: empty batch")
         templates = self._per_utt(template, len(speech))
-        seqs = []
+        seqs, prefix = [], None
         for i, sp in enumerate(speech):
             before, after = self._template_parts(self._fill(templates[i], i, fields))
             seqs.append(torch.cat([self.embed(before), self._speech_embeds(i, sp), self.embed(after)], 0))
             self._check_length(i, seqs[-1].shape[0])
+            if prefix is None:
+                prefix = list(before)
+            else:  # the longest common start of the rows' text before {speech}
+                n = 0
+                while n < min(len(prefix), len(before)) and prefix[n] == before[n]:
+                    n += 1
+                prefix = prefix[:n]
         embeds, mask = self._left_pad(seqs)
-        return LLMInputs(embeds, mask)
+        return LLMInputs(embeds, mask, prefix or None)
 
     @staticmethod
     def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -347,7 +355,8 @@ class FrozenLLM(nn.Module):
         """Keys/values of the shared prompt prefix (system turn + user text before {speech}), per layer. Kept
         across calls while the LLM is constant; recomputed with gradients when LoRA adapters train."""
         frozen = not self.has_adapters
-        key = (tuple(ids), str(self.device), str(self.dtype))
+        # inference tensors (a server's generate) are never handed to a loss that needs gradients, nor the reverse
+        key = (tuple(ids), str(self.device), str(self.dtype), torch.is_inference_mode_enabled())
         if frozen and key in self._prefix_cache:
             return self._prefix_cache[key]
         body = self.model.get_decoder()
@@ -549,7 +558,8 @@ class FrozenLLM(nn.Module):
 
     @torch.inference_mode()
     def generate(self, inputs: LLMInputs, *, max_new_tokens=64, num_beams=5, repetition_penalty=1.5,
-                 batch_size: int | None = None, length_penalty: float = 1.0, impl: str = "cached") -> list[str]:
+                 batch_size: int | None = None, length_penalty: float = 1.0, impl: str = "cached",
+                 share_prefix: bool = False) -> list[str]:
         """Beam search with a repetition penalty (on generated tokens; the prompt is embeddings) and HF's beam
         rules (length-normalised scores, EOS only from the top ``num_beams`` candidates, stop once
         ``num_beams`` hypotheses are finished). Returns the decoded new text per row.
@@ -557,7 +567,12 @@ class FrozenLLM(nn.Module):
         ``impl="cached"`` (default) runs the prompt through the LLM once per row and copies its KV cache to the
         beams (HF ``generate`` repeats the prompt forward for every beam), and drops finished rows from the
         batch; ``impl="hf"`` calls ``transformers`` ``generate``. Rows are processed in chunks of similar
-        prompt length (less padding)."""
+        prompt length (less padding).
+
+        ``share_prefix=True`` (the server's batches): the text tokens all rows start with (``inputs.prefix_ids``:
+        the chat template's system turn, the template before ``{speech}``) run once, as a KV cache kept across calls
+        (``_prefix_kv``), instead of once per row; the rows' own tokens follow it, left-padded after it. The
+        compute of a batch's prompt pass drops by that share; results equal a row run alone the same way."""
         for name, v, low in (("max_new_tokens", max_new_tokens, 1), ("num_beams", num_beams, 1)):
             if int(v) != v or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
@@ -572,16 +587,25 @@ class FrozenLLM(nn.Module):
         lens = mask.sum(1).tolist()
         order = sorted(range(B), key=lambda i: lens[i])
         out: list[str | None] = [None] * B
+        prefix = inputs.prefix_ids if share_prefix and impl == "cached" and not self.has_adapters else None
+        P = len(prefix) if prefix else 0
+        if P and int(mask.sum(1).min()) <= P:
+            prefix, P = None, 0  # a row with nothing after the prefix: nothing to share
         for s in range(0, B, batch_size):
             idx = order[s:s + batch_size]
             m = mask[idx]
-            keep = int(m.sum(1).max())
+            # rows are right-aligned: the last (longest row - P) columns hold every row's tokens after the prefix
+            keep = int(m.sum(1).max()) - P
             e = embeds[idx][:, -keep:].to(device=self.device, dtype=self.dtype)
             m = m[:, -keep:].to(self.device)
+            if P:  # a shorter row's prefix tokens in that window come from the cache: mask them out
+                own = (mask[idx].sum(1) - P).to(self.device)
+                m = m * (torch.arange(keep, device=self.device)[None] >= keep - own[:, None]).long()
             if impl == "hf":
                 seqs = self._generate_hf(e, m, max_new_tokens, num_beams, repetition_penalty, length_penalty)
             elif impl == "cached":
-                seqs = self._beam_search(e, m, max_new_tokens, num_beams, repetition_penalty, length_penalty)
+                seqs = self._beam_search(e, m, max_new_tokens, num_beams, repetition_penalty, length_penalty,
+                                         prefix=prefix)
             else:
                 raise ValueError(f"generate: impl must be 'cached' or 'hf', got {impl!r}")
             texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True)
@@ -602,12 +626,24 @@ class FrozenLLM(nn.Module):
                 length_penalty=length_penalty, temperature=None, top_p=None, top_k=None)
         return [g.tolist() for g in gen]
 
-    def _beam_search(self, e, m, max_new_tokens, K, rep, length_penalty) -> list[list[int]]:
+    def _beam_search(self, e, m, max_new_tokens, K, rep, length_penalty, prefix=None) -> list[list[int]]:
         eos = set(self._eos_ids())
         dev = self.device
         B = e.shape[0]
         pos = self._positions(m)
-        res = self.model(inputs_embeds=e, attention_mask=m, position_ids=pos, use_cache=True)
+        kw = {}
+        if prefix:  # the shared start as a cache (computed once); the rows' tokens continue after it
+            from transformers import DynamicCache
+
+            kv = self._prefix_kv(list(prefix))
+            kw[self._cache_kw] = DynamicCache(
+                ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv],
+                config=self.model.config)
+            pos = pos + len(prefix)
+            m = torch.cat([m.new_ones(B, len(prefix)), m], 1)
+        # only the last position's logits are used: the LM head over the whole prompt would be wasted work
+        res = self.model(inputs_embeds=e, attention_mask=m, position_ids=pos, use_cache=True, logits_to_keep=1,
+                         **kw)
         cache = self._out_cache(res)
         logits = res.logits[:, -1].float().repeat_interleave(K, 0)  # (B*K, V)
         if K > 1:
