@@ -2,6 +2,8 @@
 
 ``llm``: the default frozen LLM, loaded once per test session (converted from the GGUF into
 <repo>/tools/cache/llm/ the first time, ~20 s; later loads take about a second).
+``tiny_hf_llms``: tiny random LLMs of the paper's two families (Llama, BLOOM) built from transformers configs with
+the default LLM's tokenizer, saved as sharded safetensors dirs (no hub access).
 ``tiny_recipe``: a recipe-like dir with dump/fbank/{train,dev}/ (synthetic fbank ark/scp, text, llm_tokens,
 cmvn.npz) small enough for training tests that run in seconds.
 """
@@ -70,3 +72,35 @@ def tiny_recipe(tmp_path_factory, llm):
 TINY_ENCODER = {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 1,
                 "cnn_module_kernel": 5, "dropout_rate": 0.0, "positional_dropout_rate": 0.0,
                 "attention_dropout_rate": 0.0}
+
+
+TINY_LLM_CONFIGS = {
+    "llama": ("LlamaConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+                              "tie_word_embeddings": False}),
+    "bloom": ("BloomConfig", {"hidden_size": 64, "n_layer": 2, "n_head": 4}),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_llms(tmp_path_factory, llm):
+    """{family: dir}: random tiny Llama and BLOOM models with the default LLM's tokenizer (so the tiny recipe's
+    llm_tokens fit), each saved in several safetensors shards plus model.safetensors.index.json."""
+    import shutil
+
+    import transformers
+
+    root = tmp_path_factory.mktemp("tiny_llms")
+    out = {}
+    for fam, (cfg_name, kw) in TINY_LLM_CONFIGS.items():
+        cfg = getattr(transformers, cfg_name)(vocab_size=llm.vocab_size, eos_token_id=llm.eos_id,
+                                              bos_token_id=llm.eos_id, pad_token_id=llm.pad_id, **kw)
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+        d = root / fam
+        model.save_pretrained(d, max_shard_size="200KB", safe_serialization=True)
+        for f in os.listdir(llm.path):
+            if f.startswith(("tokenizer", "chat_template", "special_tokens")):
+                shutil.copy(os.path.join(llm.path, f), d / f)
+        out[fam] = str(d)
+    return out

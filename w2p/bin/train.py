@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     import torch
 
     from w2p.train.config import load_config
-    from w2p.train.trainer import Trainer, model_needs_llm
+    from w2p.train.trainer import Trainer, model_needs_llm, model_needs_llm_forward
 
     conf = load_config(args.config, extra)
     if args.llm:
@@ -76,7 +76,13 @@ def main(argv=None) -> int:
         from w2p.llm import FrozenLLM
 
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if args.ngpu > 0 else "cpu"
-        llm = FrozenLLM.load(conf["llm"], dtype=getattr(torch, conf.get("llm_dtype", "float32")), device=device)
+        forward = model_needs_llm_forward(conf["model"], conf.get("model_conf") or {})
+        # FSDP: every rank loads on the CPU; the trainer shards the layers, then moves the LLM to its device
+        llm = FrozenLLM.load(conf["llm"], dtype=getattr(torch, conf.get("llm_dtype", "float32")),
+                             device="cpu" if conf.get("llm_fsdp") and forward else device,
+                             embeddings_only=not forward)
+        if forward and conf.get("llm_checkpointing"):
+            llm.enable_checkpointing()
     os.makedirs(args.output_dir, exist_ok=True)
     trainer = Trainer(conf, train_dir=args.train_dir, valid_dir=args.valid_dir, output_dir=args.output_dir,
                       llm=llm, init=args.init, resume=args.resume, ngpu=args.ngpu)
