@@ -294,3 +294,43 @@ def test_resume_from_a_truncated_or_foreign_checkpoint_says_so(single_run, tiny_
     p = subprocess.run(_cmd(other, tiny_recipe, exp, "--resume"), env=_env(), capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 1 and "does not fit this config's model" in p.stderr, p.stderr[-2000:]
+
+
+MINI_EN_CONF = os.path.join(REPO, "egs", "mini_en", "w2p1", "conf", "train_wav2prompt.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe_bpe(tiny_recipe, tmp_path_factory):
+    """The tiny recipe with stage 3's CTC units (a character sentencepiece model and bpe_tokens)."""
+    from w2p.bin.prepare_llm import main as prepare
+
+    d = tmp_path_factory.mktemp("bpe_recipe")
+    shutil.copytree(os.path.join(tiny_recipe, "dump"), d / "dump")
+    assert prepare(["--dump_dir", str(d / "dump" / "fbank"), "--bpe_dir", str(d / "bpe"), "--nbpe", "40",
+                    "--bpe_type", "char"]) == 0
+    return str(d)
+
+
+def test_real_mini_en_config_two_processes_equal_one(tiny_recipe_bpe, tmp_path):
+    """The real mini_en Wav2Prompt config (BatchNorm in the Conformer's conv modules, CTC warm-up, token term) on
+    a tiny data set: 2 gloo processes give the losses of 1 process (BatchNorm statistics of the global batch:
+    synced across ranks, every rank padded to the global batch's length; w2p/train/distributed.py)."""
+    with open(MINI_EN_CONF) as f:
+        assert yaml.safe_load(f)["model_conf"]["encoder"]["conv_norm"] == "batch_norm"
+    over = ["--model_conf.bpe_model", f"{tiny_recipe_bpe}/bpe/bpe.model", "--batch_frames", "400",
+            "--max_epoch", "2", "--max_steps", "4", "--model_conf.ctc_warmup_steps", "2", "--log_interval", "1",
+            "--save_interval_steps", "0", "--scheduler_conf.warmup_steps", "2", "--num_threads", "1"]
+    losses, valid = {}, {}
+    for n in (1, 2):
+        out = tmp_path / f"exp{n}"
+        p = subprocess.run(_cmd(MINI_EN_CONF, tiny_recipe_bpe, out, "--nproc", str(n), *over), env=_env(),
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        losses[n] = _train_losses(str(out))
+        valid[n] = [r["loss"] for r in _metrics(str(out)) if r["phase"] == "valid"]
+    assert len(losses[1]) == 4 and losses[1].keys() == losses[2].keys()
+    for s in losses[1]:
+        assert losses[2][s] == pytest.approx(losses[1][s], rel=1e-4, abs=1e-5), f"step {s}"
+    # validation (eval mode: the running statistics, updated identically) after the first epoch
+    assert len(valid[1]) == 1 and valid[2] == pytest.approx(valid[1], rel=1e-4)
+    assert "4 synced BatchNorm" in (tmp_path / "exp2" / "train.log").read_text()
