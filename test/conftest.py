@@ -104,3 +104,32 @@ def tiny_hf_llms(tmp_path_factory, llm):
                 shutil.copy(os.path.join(llm.path, f), d / f)
         out[fam] = str(d)
     return out
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# stand-in for sbatch: records its arguments, runs the script once per array index (as Slurm would)
+echo "$@" >> "$FAKE_ARGS"
+for a in "$@"; do case $a in --array=*) r=${a#--array=}; r=${r%%%*};; esac; script=$a; done
+rc=0
+for ((i=${r%-*}; i<=${r#*-}; i++)); do SLURM_JOB_ID=4242 SLURM_ARRAY_TASK_ID=$i bash "$script" || rc=1; done
+echo 12345; exit $rc
+"""
+FAKE_SRUN = """#!/usr/bin/env bash
+# stand-in for srun: records its arguments, runs the command once per node (concurrently), as a job step would
+echo "srun $@" >> "$FAKE_ARGS"
+n=1
+while [ $# -gt 0 ]; do case $1 in --nodes=*) n=${1#--nodes=}; shift;; --*) shift;; *) break;; esac; done
+pids=()
+for ((i=0; i<n; i++)); do SLURM_NODEID=$i SLURM_PROCID=$i "$@" & pids+=($!); done
+rc=0; for p in "${pids[@]}"; do wait $p || rc=1; done; exit $rc
+"""
+
+
+def fake_slurm(tmp_path) -> dict:
+    """Stand-in sbatch and srun on PATH (they record their arguments in $FAKE_ARGS): the env for a subprocess."""
+    fake = tmp_path / "fake_slurm"
+    fake.mkdir(exist_ok=True)
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN)):
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    return {"PATH": f"{fake}:{os.environ['PATH']}", "FAKE_ARGS": str(tmp_path / "fake_args")}

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import TINY_ENCODER
+from conftest import TINY_ENCODER, fake_slurm
 
 from w2p.config import apply_overrides
 from w2p.train.config import load_config
@@ -334,3 +334,27 @@ def test_real_mini_en_config_two_processes_equal_one(tiny_recipe_bpe, tmp_path):
     # validation (eval mode: the running statistics, updated identically) after the first epoch
     assert len(valid[1]) == 1 and valid[2] == pytest.approx(valid[1], rel=1e-4)
     assert "4 synced BatchNorm" in (tmp_path / "exp2" / "train.log").read_text()
+
+
+def test_two_nodes_through_slurm_pl_equal_one_process(single_run, tiny_recipe, tmp_path):
+    """utils/slurm.pl --num_nodes 2 with stand-in sbatch/srun: two "nodes" each start one torchrun (1 process
+    each) that meet at the rendezvous slurm.pl exports; the run equals the 1-process run step by step."""
+    import socket
+
+    conf, out1 = single_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(_env(), **fake_slurm(tmp_path), W2P_RDZV_PORT=str(port))
+    slurm = os.path.join(REPO, "egs", "TEMPLATE", "w2p1", "utils", "slurm.pl")
+    out = tmp_path / "exp_nodes"
+    cmd = [slurm, "--gpu", "0", "--num_nodes", "2", str(tmp_path / "log" / "train.log"),
+           *_cmd(conf, tiny_recipe, out, "--num_nodes", "2", "--nproc", "1", "--max_steps", "2")]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    log_text = (tmp_path / "log" / "train.log").read_text()
+    assert p.returncode == 0, log_text[-3000:]
+    assert "world 2" in (out / "train.log").read_text()
+    l1, l2 = _train_losses(out1), _train_losses(str(out))
+    assert sorted(l2) == [1, 2]
+    for s in l2:
+        assert l2[s] == pytest.approx(l1[s], rel=1e-4, abs=1e-5), f"step {s}"
