@@ -69,6 +69,20 @@ def tiny_recipe(tmp_path_factory, llm):
     return write_tiny_dump(str(tmp_path_factory.mktemp("tiny_recipe")), llm)
 
 
+@pytest.fixture(scope="session")
+def tiny_recipe_bpe(tiny_recipe, tmp_path_factory):
+    """The tiny recipe with stage 3's CTC units (a character sentencepiece model in bpe/, bpe_tokens)."""
+    import shutil
+
+    from w2p.bin.prepare_llm import main as prepare
+
+    d = tmp_path_factory.mktemp("bpe_recipe")
+    shutil.copytree(os.path.join(tiny_recipe, "dump"), d / "dump")
+    assert prepare(["--dump_dir", str(d / "dump" / "fbank"), "--bpe_dir", str(d / "bpe"), "--nbpe", "40",
+                    "--bpe_type", "char"]) == 0
+    return str(d)
+
+
 TINY_ENCODER = {"output_size": 32, "attention_heads": 2, "linear_units": 64, "num_blocks": 1,
                 "cnn_module_kernel": 5, "dropout_rate": 0.0, "positional_dropout_rate": 0.0,
                 "attention_dropout_rate": 0.0}

@@ -299,18 +299,6 @@ def test_resume_from_a_truncated_or_foreign_checkpoint_says_so(single_run, tiny_
 MINI_EN_CONF = os.path.join(REPO, "egs", "mini_en", "w2p1", "conf", "train_wav2prompt.yaml")
 
 
-@pytest.fixture(scope="module")
-def tiny_recipe_bpe(tiny_recipe, tmp_path_factory):
-    """The tiny recipe with stage 3's CTC units (a character sentencepiece model and bpe_tokens)."""
-    from w2p.bin.prepare_llm import main as prepare
-
-    d = tmp_path_factory.mktemp("bpe_recipe")
-    shutil.copytree(os.path.join(tiny_recipe, "dump"), d / "dump")
-    assert prepare(["--dump_dir", str(d / "dump" / "fbank"), "--bpe_dir", str(d / "bpe"), "--nbpe", "40",
-                    "--bpe_type", "char"]) == 0
-    return str(d)
-
-
 def test_real_mini_en_config_two_processes_equal_one(tiny_recipe_bpe, tmp_path):
     """The real mini_en Wav2Prompt config (BatchNorm in the Conformer's conv modules, CTC warm-up, token term) on
     a tiny data set: 2 gloo processes give the losses of 1 process (BatchNorm statistics of the global batch:
