@@ -617,23 +617,31 @@ class FrozenLLM(nn.Module):
                 per_utt[i] = nn.functional.cross_entropy(logits, torch.tensor(tgt_ids[i], device=dev))
         return self._reduce(per_utt, [len(t) for t in tgt_ids], reduction)
 
+    def hidden_states(self, embeds: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's last hidden states (after the final norm) of left-padded input embeddings (B, L, D): one
+        forward, no KV cache (checkpointed / sharded layers as set up)."""
+        import inspect
+
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        body = self.model.get_decoder()
+        kw = {"inputs_embeds": embeds, "attention_mask": mask, "use_cache": False}
+        if "position_ids" in inspect.signature(body.forward).parameters:  # BLOOM: ALiBi from the mask instead
+            kw["position_ids"] = self._positions(mask)
+        return body(**kw).last_hidden_state
+
     def _ce_one_forward(self, parts, speech, tgt_ids, reduction) -> torch.Tensor:
         """``ce_loss`` as one forward of the left-padded prompts + targets without a KV cache (the computation of
         ``ce_loss_reference``, with the LM head applied to the target positions only): the path taken under
         activation checkpointing and FSDP sharding."""
-        import inspect
-
         seqs = []
         for i, (before, after) in enumerate(parts):
             seqs.append(torch.cat([self.embed(before), self._speech_embeds(i, speech[i]),
                                    self.embed(after + tgt_ids[i])], 0))
             self._check_length(i, seqs[-1].shape[0], "prompt with its target")
         embeds, mask = self._left_pad(seqs)
-        body, head = self.model.get_decoder(), self.model.get_output_embeddings()
-        kw = {"inputs_embeds": embeds, "attention_mask": mask, "use_cache": False}
-        if "position_ids" in inspect.signature(body.forward).parameters:  # BLOOM: ALiBi from the mask instead
-            kw["position_ids"] = self._positions(mask)
-        hidden = body(**kw).last_hidden_state
+        hidden = self.hidden_states(embeds, mask)
+        head = self.model.get_output_embeddings()
         L = embeds.shape[1]
         logits = head(torch.cat([hidden[i, L - 1 - len(t):L - 1] for i, t in enumerate(tgt_ids)])).float()
         labels = torch.tensor([x for t in tgt_ids for x in t], device=logits.device)

@@ -58,9 +58,8 @@ def layer_bytes_per_token(family: str, n_layers: int, L: int, checkpointing: boo
     if checkpointing:
         llm.enable_checkpointing()
     x = torch.randn(B, L, cfg.hidden_size, dtype=torch.bfloat16, requires_grad=True)
-    body = model.get_decoder()
-    body(inputs_embeds=x, use_cache=False)  # warm-up (lazily built buffers)
-    nbytes, out = live_bytes_after(lambda: body(inputs_embeds=x, use_cache=False).last_hidden_state)
+    llm.hidden_states(x)  # warm-up (lazily built buffers)
+    nbytes, out = live_bytes_after(lambda: llm.hidden_states(x))
     out.float().sum().backward()
     assert x.grad is not None and all(p.grad is None for p in model.parameters())
     return nbytes / (B * L)
