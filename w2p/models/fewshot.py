@@ -118,7 +118,8 @@ class FewShotWav2Prompt(Wav2Prompt):
         ce = self.llm.ce_loss(templates, speech, targets, **fields).to(dev)
         loss = loss + self.task_ce_weight * ce
         stats["ce"] = float(ce.detach())
-        if not self.training and len(set(tasks)) > 1:  # per-task CE in the validation logs
+        # per-task CE in the validation logs; not with a sharded LLM, where every rank must run it equally often
+        if not self.training and len(set(tasks)) > 1 and not getattr(self.llm, "sharded", False):
             with torch.no_grad():
                 for t in sorted(set(tasks)):
                     sel = [i for i, x in enumerate(tasks) if x == t]

@@ -224,7 +224,7 @@ class Trainer:
                 model_conf["encoder"] = {**enc, "cmvn": cmvn}
                 conf["model_conf"] = model_conf
         self.llm = llm
-        if llm is not None and conf.get("llm_fsdp"):
+        if llm is not None and conf.get("llm_fsdp") and not llm.embeddings_only:
             llm.shard()  # decoder layers split across ranks (loaded on the CPU by w2p.bin.train), then moved
             llm.move_to(self.device)
         self.model = build_model(conf["model"], model_conf, llm).to(self.device)
