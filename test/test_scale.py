@@ -112,6 +112,7 @@ def test_regression_phase_losses_equal_with_embeddings_only(tiny_hf_llms, tiny_r
 
     conf = _tiny_conf(tmp_path / "c.yaml")
     assert not model_needs_llm_forward("wav2prompt", conf["model_conf"])
+    assert model_needs_llm_forward("w2p_fewshot", conf["model_conf"]) and model_needs_llm_forward("encoder_llm", {})
     assert model_needs_llm_forward("wav2prompt", {**conf["model_conf"], "ce_weight": 1.0})
     from w2p.train.config import load_config
 

@@ -66,6 +66,10 @@ def batch_prompts(batch: dict, tasks: list[str]) -> tuple[list[str], dict[str, l
 class FewShotWav2Prompt(Wav2Prompt):
     needs_llm = True
 
+    @classmethod
+    def needs_llm_forward(cls, model_conf: dict) -> bool:
+        return True  # the task CE always runs the LLM (Wav2Prompt's rule looks at ce_weight only)
+
     def __init__(self, llm, *, mse_weight: float = 1.0, qua_weight: float = 1.0, ce_weight: float = 1.0,
                  task: str | None = None, llm_lora: bool = False, lora_conf: dict | None = None, **w2p_conf):
         # the stage-4 auxiliary losses (CTC, "repeat" CE) are not part of fine-tuning; their heads are not built
