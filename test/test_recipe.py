@@ -331,3 +331,29 @@ def test_librispeech_recipe_on_fixture_corpora(tmp_path):
     assert len(_feats(str(u), "slu_fewshot")) == 2 and len(_feats(str(u), "slu_test")) == 1
     assert (u / "fbank" / "slu_test" / "slots").read_text().strip().endswith('{"place_name": "paris"}')
     assert (u / "fbank" / "train" / "cmvn.npz").exists()
+
+
+def test_stage_4_on_slurm_asks_for_ngpu_gpus_on_num_nodes_nodes(tmp_path):
+    """run.sh --ngpu 4 --num_nodes 2 with cmd_backend=slurm: each training job asks sbatch for --gres=gpu:4 on 2
+    nodes (cmd.sh's --gpu 1 overridden), srun starts the trainer once per node with --ngpu 4 --num_nodes 2."""
+    import sys
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$2" in
+  w2p.bin.systems) exec {sys.executable} "$@" ;;
+  *) echo "node ${{SLURM_NODEID:-none}} $*" >> {calls} ;;
+esac
+""")
+    fake.chmod(0o755)
+    env = dict(fake_slurm(tmp_path), cmd_backend="slurm")
+    sh(f"./run.sh --stage 4 --stop_stage 4 --ngpu 4 --num_nodes 2 --python {fake} --expdir {tmp_path}/exp "
+       f"--dumpdir {tmp_path}/dump", cwd=MINI, env=env, check=True)
+    submitted = [x for x in (tmp_path / "fake_args").read_text().splitlines() if not x.startswith("srun")]
+    assert len(submitted) == 2  # wav2prompt_pre, then its CE phase
+    for s in submitted:
+        assert "--gres=gpu:4" in s and "--nodes=2" in s and "--ntasks-per-node=1" in s and "gpu:1" not in s
+    train = [x for x in calls.read_text().splitlines() if "w2p.bin.train" in x]
+    assert sorted(x.split()[1] for x in train) == ["0", "0", "1", "1"]  # each job: once on each node
+    assert all("--ngpu 4 --num_nodes 2" in x for x in train)
