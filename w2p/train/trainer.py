@@ -224,7 +224,7 @@ class Trainer:
                 model_conf["encoder"] = {**enc, "cmvn": cmvn}
                 conf["model_conf"] = model_conf
         self.llm = llm
-        if llm is not None and conf.get("llm_fsdp") and not llm.embeddings_only:
+        if llm is not None and conf.get("llm_fsdp") and not getattr(llm, "embeddings_only", False):
             llm.shard()  # decoder layers split across ranks (loaded on the CPU by w2p.bin.train), then moved
             llm.move_to(self.device)
         self.model = build_model(conf["model"], model_conf, llm).to(self.device)
@@ -242,8 +242,9 @@ class Trainer:
         n_par = sum(p.numel() for p in self.params)
         log.info("model %s: %.2fM trainable parameters; device %s; world %d; amp %s; %d synced BatchNorm; LLM %s",
                  conf["model"], n_par / 1e6, self.device, self.dist.world, self.amp, self.sync_bn,
-                 "none" if llm is None else ("embeddings only" if llm.embeddings_only else
-                                             f"full, checkpointing {llm.checkpointing}, FSDP {llm.sharded}"))
+                 "none" if llm is None else ("embeddings only" if getattr(llm, "embeddings_only", False) else
+                                             f"full, checkpointing {getattr(llm, 'checkpointing', False)}, "
+                                             f"FSDP {getattr(llm, 'sharded', False)}"))
         self.optim = build_optimizer(conf["optim"], self.params, conf["optim_conf"])
         pipes = bool(conf.get("allow_scp_pipes"))
         self.train_set = DumpDataset(train_dir, llm=llm, preload=conf.get("preload", True), allow_pipes=pipes)
