@@ -58,5 +58,5 @@ def test_prepare_and_dry_run(tiny_recipe_bpe, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     s = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu_check_steps.py"), "smoke",
                         str(out / "smoke")], capture_output=True, text=True, timeout=60)
-    assert s.returncode == 1 and "train loss by step: 1:" in s.stdout and "over 2 steps" in s.stdout  # < 200 steps
+    assert s.returncode == 1 and "train loss by step: 1:" in s.stdout and "over 2 steps" in s.stdout  # no trend yet
     assert "LLM embeddings only" in (out / "smoke" / "train.log").read_text()
