@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run of every check that needs a CUDA GPU, for a machine without network and without the project's
-# venv (the device machine: Python 3.12 with a CUDA torch preinstalled; /work/.library/device/KINDS.md lists its
-# packages). Everything goes under one output directory; the whole run takes a few minutes (budget: 8 on an H100).
+# venv (e.g. a CUDA image with Python 3.12, torch 2.11+cu130, transformers, pytest, hypothesis preinstalled). Everything
+# goes under one output directory; the whole run takes a few minutes (a 470 s budget for the steps: <= 8 min).
 #
 #   tools/gpu_check.sh --prepare [gpu_prepare.py options]   HERE (CPU, tools/venv): wheels the image lacks, the
 #                                                           embeddings-only LLM and real speech features -> the
@@ -10,7 +10,7 @@
 #                                                           print every step's command without running it
 #   tools/gpu_check.sh [--out DIR] [--carry DIR] [--only s1,s2]   THERE: run the steps
 #
-# Through the device tool (its $OUT returns at most 8 files, so the directory comes back as one archive):
+# Through a lending tool that returns at most a few files from $OUT (the directory comes back as one archive):
 #   run(command="tools/gpu_check.sh --out /tmp/gpu_check; tar -C /tmp -czf $OUT/gpu_check.tgz gpu_check;
 #                cat /tmp/gpu_check/summary.txt", carry=["tools/gpu_carry"], timeout_s=560)
 #

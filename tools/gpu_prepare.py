@@ -5,7 +5,7 @@ under one git-ignored folder (default tools/gpu_carry/) that travels with the wo
         [--features_from DUMP_FBANK --bpe_model BPE.model] [--no_wheels]
 
 Writes
-  wheels/       the Python packages the CUDA image lacks (KINDS.md's list), cp312 manylinux wheels fetched with
+  wheels/       the Python packages the CUDA image lacks, cp312 manylinux wheels fetched with
                 ``pip download --no-deps --only-binary=:all: --python-version 3.12`` at the versions this repo pins
                 (tools/requirements*.txt); installed there with ``pip install --no-index --no-deps --target``
   llm/smollm2-135m-embeddings.gguf
@@ -15,7 +15,7 @@ Writes
   data/{train,dev}/   real mini_en speech features (espeak-ng synthesis through egs/mini_en stages 0-3, or
                 ``--features_from``), Kaldi-compressed (1 byte a value) to fit ``--feature_mb``, with text,
                 llm_tokens, bpe_tokens, utt2num_frames, cmvn.npz; data/bpe.model (the CTC units)
-  MANIFEST.json every file with its size; the total must stay under the device tool's 64 MiB working-tree limit
+  MANIFEST.json every file with its size; the total must stay under the 64 MiB a GPU lease carries with the tree
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# what w2p's training, CIF tests and benchmark import that the CUDA image does not hold (KINDS.md's package list;
-# found by importing them here and subtracting that list). Versions: this repo's pins.
+# what w2p's training, CIF tests and benchmark import that the CUDA image does not hold (found by importing them here
+# and subtracting the image's package list). Versions: this repo's pins.
 WHEELS = ("espnet", "typeguard", "kaldiio", "torch-cif", "gguf")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
