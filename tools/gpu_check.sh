@@ -99,7 +99,7 @@ if [ "$mode" = dry ]; then
 fi
 
 check_carry || { echo "gpu_check.sh: $carry is incomplete: run tools/gpu_check.sh --prepare here first, and name" \
-  "$carry in the device tool's carry" >&2; exit 1; }
+  "$carry among the paths that travel with the tree" >&2; exit 1; }
 mkdir -p "$out"
 export PYTHONPATH=$site:$root PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 summary=$out/summary.txt

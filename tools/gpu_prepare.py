@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHEELS = ("espnet", "typeguard", "kaldiio", "torch-cif", "gguf")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
-LIMIT_MB = 60.0  # of the 64 MiB working tree the device tool sends; the rest is the repository itself
+LIMIT_MB = 60.0  # of the 64 MiB a GPU lease carries with the working tree; the rest is the repository itself
 EMB_GGUF = "smollm2-135m-embeddings.gguf"
 
 
