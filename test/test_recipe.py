@@ -6,6 +6,7 @@ import subprocess
 
 import kaldiio
 import numpy as np
+from conftest import fake_slurm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UTILS = os.path.join(ROOT, "egs", "TEMPLATE", "w2p1", "utils")
@@ -35,31 +36,44 @@ def test_run_pl_substitutes_job_logs_and_reports_failures(tmp_path):
 
 
 def test_slurm_pl_submits_one_array_and_substitutes_the_task_id(tmp_path):
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    # a stand-in for sbatch: runs the submitted script once per array index, as Slurm would
-    (fake / "sbatch").write_text("""#!/usr/bin/env bash
-echo "$@" > "$FAKE_ARGS"
-for a in "$@"; do case $a in --array=*) r=${a#--array=}; r=${r%%%*};; esac; script=$a; done
-rc=0
-for ((i=${r%-*}; i<=${r#*-}; i++)); do SLURM_ARRAY_TASK_ID=$i bash "$script" || rc=1; done
-echo 12345; exit $rc
-""")
-    (fake / "sbatch").chmod(0o755)
-    env = {"PATH": f"{fake}:{os.environ['PATH']}", "FAKE_ARGS": str(tmp_path / "args")}
-    sh(f"cd {tmp_path} && {UTILS}/slurm.pl --mem 2G --gpu 1 JOB=1:2 log/s.JOB.log echo task JOB", env=env, check=True)
-    args = (tmp_path / "args").read_text()
-    assert "--wait" in args and "--array=1-2" in args and "--mem=2G" in args and "--gres=gpu:1" in args
+    env = fake_slurm(tmp_path)
+    # cmd.sh's --gpu 1, then w2p.sh's --gpu ${ngpu}: the last one is what the job asks for
+    sh(f"cd {tmp_path} && {UTILS}/slurm.pl --mem 2G --gpu 1 --gpu 4 JOB=1:2 log/s.JOB.log echo task JOB", env=env,
+       check=True)
+    args = (tmp_path / "fake_args").read_text()
+    assert "--wait" in args and "--array=1-2" in args and "--mem=2G" in args and "--gres=gpu:4" in args
+    assert "gpu:1" not in args and "--nodes" not in args and "srun" not in args
     for j in (1, 2):
         assert f"task {j}" in (tmp_path / "log" / f"s.{j}.log").read_text()
     p = sh(f"cd {tmp_path} && {UTILS}/slurm.pl JOB=1:2 log/f.JOB.log false", env=env)
     assert p.returncode == 1 and "job array failed" in p.stderr
+    # JOB=n: one index, substituted (not taken for the log file name)
+    sh(f"cd {tmp_path} && {UTILS}/slurm.pl --gpu 0 JOB=3 log/one.JOB.log echo only JOB", env=env, check=True)
+    assert "only 3" in (tmp_path / "log" / "one.3.log").read_text() and not (tmp_path / "JOB=3").exists()
+    assert "--array=3-3" in (tmp_path / "fake_args").read_text().splitlines()[-1]
+    p = sh(f"cd {tmp_path} && {UTILS}/slurm.pl --gpu two log/x.log true", env=env)
+    assert p.returncode == 2 and "--gpu takes a number" in p.stderr
+
+
+def test_slurm_pl_multi_node_runs_the_command_once_per_node_through_srun(tmp_path):
+    env = fake_slurm(tmp_path)
+    cmd = "echo node $SLURM_NODEID of task JOB meets at $W2P_RDZV_ENDPOINT id $W2P_RDZV_ID"
+    sh(f"cd {tmp_path} && W2P_RDZV_PORT=29877 {UTILS}/slurm.pl --gpu 8 --num_nodes 2 JOB=1:1 log/m.JOB.log "
+       f"bash -c '{cmd}'", env=env, check=True)
+    sbatch, srun = (tmp_path / "fake_args").read_text().splitlines()
+    assert "--nodes=2" in sbatch and "--ntasks-per-node=1" in sbatch and "--gres=gpu:8" in sbatch
+    assert srun.startswith("srun --nodes=2 --ntasks-per-node=1")
+    text = (tmp_path / "log" / "m.1.log").read_text()
+    host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
+    for node in (0, 1):
+        assert f"node {node} of task 1 meets at {host}:29877 id 4242" in text, text
+    assert "# Ended (code 0)" in text
 
 
 def test_help_and_option_errors():
     p = sh("./run.sh --help", cwd=MINI, check=True)
-    for opt in ("--stage", "--stop_stage", "--nj", "--ngpu", "--nproc", "--seed", "--llm", "--train_config",
-                "--ce_config", "--systems_config", "--fewshot_config", "--decode_config", "--tasks"):
+    for opt in ("--stage", "--stop_stage", "--nj", "--ngpu", "--num_nodes", "--nproc", "--seed", "--llm",
+                "--train_config", "--ce_config", "--systems_config", "--fewshot_config", "--decode_config", "--tasks"):
         assert opt in p.stdout, opt
     p = sh("./run.sh --no_such_option 1", cwd=MINI)
     assert p.returncode != 0 and "invalid option --no_such_option" in p.stderr
@@ -317,3 +331,29 @@ def test_librispeech_recipe_on_fixture_corpora(tmp_path):
     assert len(_feats(str(u), "slu_fewshot")) == 2 and len(_feats(str(u), "slu_test")) == 1
     assert (u / "fbank" / "slu_test" / "slots").read_text().strip().endswith('{"place_name": "paris"}')
     assert (u / "fbank" / "train" / "cmvn.npz").exists()
+
+
+def test_stage_4_on_slurm_asks_for_ngpu_gpus_on_num_nodes_nodes(tmp_path):
+    """run.sh --ngpu 4 --num_nodes 2 with cmd_backend=slurm: each training job asks sbatch for --gres=gpu:4 on 2
+    nodes (cmd.sh's --gpu 1 overridden), srun starts the trainer once per node with --ngpu 4 --num_nodes 2."""
+    import sys
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$2" in
+  w2p.bin.systems) exec {sys.executable} "$@" ;;
+  *) echo "node ${{SLURM_NODEID:-none}} $*" >> {calls} ;;
+esac
+""")
+    fake.chmod(0o755)
+    env = dict(fake_slurm(tmp_path), cmd_backend="slurm")
+    sh(f"./run.sh --stage 4 --stop_stage 4 --ngpu 4 --num_nodes 2 --python {fake} --expdir {tmp_path}/exp "
+       f"--dumpdir {tmp_path}/dump", cwd=MINI, env=env, check=True)
+    submitted = [x for x in (tmp_path / "fake_args").read_text().splitlines() if not x.startswith("srun")]
+    assert len(submitted) == 2  # wav2prompt_pre, then its CE phase
+    for s in submitted:
+        assert "--gres=gpu:4" in s and "--nodes=2" in s and "--ntasks-per-node=1" in s and "gpu:1" not in s
+    train = [x for x in calls.read_text().splitlines() if "w2p.bin.train" in x]
+    assert sorted(x.split()[1] for x in train) == ["0", "0", "1", "1"]  # each job: once on each node
+    assert all("--ngpu 4 --num_nodes 2" in x for x in train)

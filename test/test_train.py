@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import TINY_ENCODER
+from conftest import TINY_ENCODER, fake_slurm
 
 from w2p.config import apply_overrides
 from w2p.train.config import load_config
@@ -316,3 +316,55 @@ def test_resume_from_a_truncated_or_foreign_checkpoint_says_so(single_run, tiny_
     p = subprocess.run(_cmd(other, tiny_recipe, exp, "--resume"), env=_env(), capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 1 and "does not fit this config's model" in p.stderr, p.stderr[-2000:]
+
+
+MINI_EN_CONF = os.path.join(REPO, "egs", "mini_en", "w2p1", "conf", "train_wav2prompt.yaml")
+
+
+def test_real_mini_en_config_two_processes_equal_one(tiny_recipe_bpe, tmp_path):
+    """The real mini_en Wav2Prompt config (BatchNorm in the Conformer's conv modules, CTC warm-up, token term) on
+    a tiny data set: 2 gloo processes give the losses of 1 process (BatchNorm statistics of the global batch:
+    synced across ranks, every rank padded to the global batch's length; w2p/train/distributed.py)."""
+    with open(MINI_EN_CONF) as f:
+        assert yaml.safe_load(f)["model_conf"]["encoder"]["conv_norm"] == "batch_norm"
+    over = ["--model_conf.bpe_model", f"{tiny_recipe_bpe}/bpe/bpe.model", "--batch_frames", "400",
+            "--max_epoch", "2", "--max_steps", "4", "--model_conf.ctc_warmup_steps", "2", "--log_interval", "1",
+            "--save_interval_steps", "0", "--scheduler_conf.warmup_steps", "2", "--num_threads", "1"]
+    losses, valid = {}, {}
+    for n in (1, 2):
+        out = tmp_path / f"exp{n}"
+        p = subprocess.run(_cmd(MINI_EN_CONF, tiny_recipe_bpe, out, "--nproc", str(n), *over), env=_env(),
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        losses[n] = _train_losses(str(out))
+        valid[n] = [r["loss"] for r in _metrics(str(out)) if r["phase"] == "valid"]
+    assert len(losses[1]) == 4 and losses[1].keys() == losses[2].keys()
+    for s in losses[1]:
+        assert losses[2][s] == pytest.approx(losses[1][s], rel=1e-4, abs=1e-5), f"step {s}"
+    # validation (eval mode: the running statistics, updated identically) after the first epoch
+    assert len(valid[1]) == 1 and valid[2] == pytest.approx(valid[1], rel=1e-4)
+    assert "4 synced BatchNorm" in (tmp_path / "exp2" / "train.log").read_text()
+
+
+def test_two_nodes_through_slurm_pl_equal_one_process(single_run, tiny_recipe, tmp_path):
+    """utils/slurm.pl --num_nodes 2 with stand-in sbatch/srun: two "nodes" each start one torchrun (1 process
+    each) that meet at the rendezvous slurm.pl exports; the run equals the 1-process run step by step."""
+    import socket
+
+    conf, out1 = single_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(_env(), **fake_slurm(tmp_path), W2P_RDZV_PORT=str(port))
+    slurm = os.path.join(REPO, "egs", "TEMPLATE", "w2p1", "utils", "slurm.pl")
+    out = tmp_path / "exp_nodes"
+    cmd = [slurm, "--gpu", "0", "--num_nodes", "2", str(tmp_path / "log" / "train.log"),
+           *_cmd(conf, tiny_recipe, out, "--num_nodes", "2", "--nproc", "1", "--max_steps", "2")]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    log_text = (tmp_path / "log" / "train.log").read_text()
+    assert p.returncode == 0, log_text[-3000:]
+    assert "world 2" in (out / "train.log").read_text()
+    l1, l2 = _train_losses(out1), _train_losses(str(out))
+    assert sorted(l2) == [1, 2]
+    for s in l2:
+        assert l2[s] == pytest.approx(l1[s], rel=1e-4, abs=1e-5), f"step {s}"

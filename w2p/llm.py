@@ -148,6 +148,107 @@ def resolve_llm(source: str = DEFAULT_LLM, cache_root: str | None = None) -> str
         f"(hub downloads are disabled; looked in {cache_root})")
 
 
+def _unconverted_gguf(source: str, cache_root: str) -> str | None:
+    """The GGUF file behind ``source`` when it has no converted safetensors dir in the cache yet, else None."""
+    if source == DEFAULT_LLM:
+        return None if _is_hf_dir(os.path.join(cache_root, DEFAULT_LLM)) else _default_gguf()
+    if source.endswith(".gguf") and os.path.isfile(source):
+        return None if _is_hf_dir(os.path.join(cache_root, _name_for(source))) else source
+    return None
+
+
+def _weight_files(path: str) -> dict[str, str]:
+    """Tensor name -> safetensors file of an HF dir: from ``model.safetensors.index.json`` (sharded checkpoints),
+    else from the header of each ``*.safetensors`` file (the header only: no tensor is read)."""
+    import json
+
+    from safetensors import safe_open
+
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            wmap = json.load(f).get("weight_map") or {}
+        return {k: os.path.join(path, v) for k, v in wmap.items()}
+    out = {}
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(path, name), "pt") as f:
+                out.update((k, os.path.join(path, name)) for k in f.keys())
+    return out
+
+
+def _input_embedding_name(config) -> tuple[str, str]:
+    """(parameter name, base-model prefix) of the input-embedding table of ``config``'s causal LM, found on a
+    skeleton built on the meta device (no memory, no weights), so any architecture transformers knows works."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    w = skeleton.get_input_embeddings().weight
+    name = next(n for n, p in skeleton.named_parameters() if p is w)
+    return name, getattr(skeleton, "base_model_prefix", "") or ""
+
+
+def read_input_embeddings(path: str, config) -> torch.Tensor:
+    """The input-embedding table of the HF safetensors dir ``path``: ONE tensor read (through ``safe_open``, which
+    memory-maps the file and copies that tensor only) from the one shard that holds it. The other shards are not
+    opened beyond their index entry."""
+    from safetensors import safe_open
+
+    name, prefix = _input_embedding_name(config)
+    files = _weight_files(path)
+    # checkpoints name it with or without the base-model prefix (BLOOM hub files: "word_embeddings.weight")
+    bare = name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else name
+    for key in (name, bare, f"{prefix}.{bare}" if prefix else bare):
+        if key in files:
+            with safe_open(files[key], "pt") as f:
+                return f.get_tensor(key)
+    raise ValueError(f"{path}: no input-embedding tensor '{name}' in its safetensors files (tensors: "
+                     f"{sorted(files)[:5]}...). Fix: give a complete HF model dir")
+
+
+def read_gguf_embeddings(gguf: str) -> torch.Tensor:
+    """The input-embedding table (``token_embd.weight``) of a GGUF file, de-quantised to float32; the file is
+    memory-mapped and only that tensor's bytes are read."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    _check_gguf(gguf)
+    reader = GGUFReader(gguf)
+    for t in reader.tensors:
+        if t.name == "token_embd.weight":
+            arr = dequantize(t.data, t.tensor_type)
+            vocab, dim = int(t.shape[1]), int(t.shape[0])  # GGUF lists dimensions innermost first
+            return torch.from_numpy(arr.reshape(vocab, dim).astype("float32", copy=False))
+    raise ValueError(f"{gguf}: no token_embd.weight tensor (not an LLM GGUF?)")
+
+
+class EmbeddingsOnly(nn.Module):
+    """Stands in for the HF model when only the input-embedding table is needed (Wav2Prompt's regression phase,
+    readout): the config and the embedding table, nothing else in memory. A forward through the LLM is refused by
+    name, so a code path that needs the full LLM fails at once instead of computing something else."""
+
+    def __init__(self, config, weight: torch.Tensor, path: str | None = None):
+        super().__init__()
+        self.config = config
+        self.path = path
+        self.embed_tokens = nn.Embedding.from_pretrained(weight, freeze=True)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def _refuse(self, *args, **kwargs):
+        raise RuntimeError(f"{self.path}: the LLM was loaded embeddings-only (tokenizer + input-embedding table), "
+                           "which has no transformer layers; the LLM cross-entropy, choice scoring and generation "
+                           "need the full LLM (FrozenLLM.load(..., embeddings_only=False); the trainer loads it when "
+                           "the config has an LLM term, e.g. model_conf.ce_weight > 0)")
+
+    forward = _refuse
+    get_decoder = _refuse
+    get_output_embeddings = _refuse
+    generate = _refuse
+
+
 @dataclass
 class LLMInputs:
     inputs_embeds: torch.Tensor  # (B, L, D), left-padded
@@ -184,6 +285,9 @@ class FrozenLLM(nn.Module):
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self._unit_key, self._unit_emb = None, None  # the embedding table normalised for nearest_tokens
         self.has_adapters = False  # LoRA adapters attached (attach_lora): the LLM is no longer constant
+        self.embeddings_only = isinstance(model, EmbeddingsOnly)
+        self.checkpointing = False  # activation checkpointing through the decoder layers (enable_checkpointing)
+        self.sharded = False  # decoder layers sharded across ranks with FSDP2 (shard)
         import inspect
 
         # transformers renamed past_key_values -> cache (5.x deprecation); use whichever this version takes
@@ -197,14 +301,19 @@ class FrozenLLM(nn.Module):
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, source: str = DEFAULT_LLM, *, dtype=torch.float32, device="cpu", cache_root=None) -> "FrozenLLM":
+    def load(cls, source: str = DEFAULT_LLM, *, dtype=torch.float32, device="cpu", cache_root=None,
+             embeddings_only: bool = False) -> "FrozenLLM":
+        """The frozen LLM of ``source`` in ``dtype`` on ``device``. ``embeddings_only``: the tokenizer and the
+        input-embedding table only (one tensor read; :class:`EmbeddingsOnly`), for what needs no LLM forward."""
         _offline()
         from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = resolve_llm(source, cache_root)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        if embeddings_only:
+            return cls._load_embeddings(source, dtype, device, cache_root)
+        path = resolve_llm(source, cache_root)
         # never run code shipped with a model dir (auto_map): refuse without asking
         try:
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
@@ -218,8 +327,90 @@ class FrozenLLM(nn.Module):
         model.to(device)
         return cls(model, tok, path)
 
+    @classmethod
+    def _load_embeddings(cls, source, dtype, device, cache_root) -> "FrozenLLM":
+        from safetensors import SafetensorError
+        from transformers import AutoConfig, AutoTokenizer
+
+        gguf = _unconverted_gguf(str(source), cache_root or default_cache_root())
+        try:
+            if gguf is not None:  # read the table from the GGUF itself rather than converting the whole model
+                folder, name = os.path.split(os.path.abspath(gguf))
+                tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+                config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
+                weight, path = read_gguf_embeddings(gguf), gguf
+            else:
+                path = resolve_llm(source, cache_root)
+                tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+                config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+                weight = read_input_embeddings(path, config)
+        except (OSError, RuntimeError, KeyError, SafetensorError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"{source}: the LLM's tokenizer / embedding table cannot be loaded ({first}). Fix: check "
+                             "that its config.json, tokenizer and *.safetensors files are complete, or give another "
+                             "--llm") from e
+        return cls(EmbeddingsOnly(config, weight.to(dtype), path).to(device), tok, path)
+
     def train(self, mode: bool = True):  # frozen: always eval
         return self
+
+    # -- memory: activation checkpointing, FSDP2 sharding -----------------------------------------------------
+    def _decoder_layers(self) -> nn.ModuleList:
+        """The ModuleList of transformer blocks (Llama ``layers``, BLOOM ``h``, ...): the one child list of the
+        decoder that has ``num_hidden_layers`` entries."""
+        if self.embeddings_only:
+            self.model.get_decoder()  # refuses, naming the fix
+        body = self.model.get_decoder()
+        n = int(getattr(self.model.config, "num_hidden_layers", -1))
+        lists = [m for m in body.children() if isinstance(m, nn.ModuleList) and len(m) == n]
+        if len(lists) != 1:
+            raise RuntimeError(f"{self.path}: cannot find the {n} decoder layers of {type(body).__name__} "
+                               "(an architecture w2p has not met); checkpointing / sharding need them")
+        return lists[0]
+
+    def enable_checkpointing(self) -> None:
+        """Activation checkpointing through the frozen LLM: each decoder layer keeps only its input during the
+        forward and recomputes its activations in the backward, so the memory of a CE step through the LLM is one
+        hidden state per layer instead of all of a layer's intermediates. The LLM weights stay frozen (no grads);
+        gradients reach the spliced prompt vectors (and LoRA adapters) only. The layer's ``forward`` is what is
+        checkpointed (module hooks such as FSDP2's run outside it, once). CE then takes one forward without a KV
+        cache (a cache written inside a checkpointed layer would be written again by the recompute)."""
+        from torch.utils.checkpoint import checkpoint
+
+        if self.checkpointing:
+            return
+        for layer in self._decoder_layers():
+            def forward(*args, _fwd=layer.forward, **kwargs):
+                if torch.is_grad_enabled():
+                    return checkpoint(_fwd, *args, use_reentrant=False, **kwargs)
+                return _fwd(*args, **kwargs)
+            layer.forward = forward
+        self.checkpointing = True
+
+    def shard(self, mesh=None) -> None:
+        """FSDP2 (``fully_shard``) on every decoder layer: each rank keeps 1/world of the layer weights and
+        all-gathers a layer's weights just before it runs (and frees them after). The embedding table, final norm
+        and LM head stay whole on every rank (the MSE targets and readout read the table locally). Every rank must
+        then call the LLM equally often: CE takes one forward per call (no prefix cache, whose hits differ per
+        rank). A no-op outside a process group of several ranks."""
+        import torch.distributed as dist
+
+        if self.sharded or not dist.is_initialized() or dist.get_world_size() == 1:
+            return
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        if mesh is None:
+            mesh = init_device_mesh(self.device.type, (dist.get_world_size(),))
+        for layer in self._decoder_layers():
+            fully_shard(layer, mesh=mesh)
+        self.sharded = True
+        self._prefix_cache.clear()
+
+    def move_to(self, device) -> None:
+        """Move the LLM (sharded layers included) to ``device``: load on the CPU, shard, then move."""
+        self.model.to(device)
+        self._prefix_cache.clear()
 
     @property
     def device(self) -> torch.device:
@@ -402,6 +593,8 @@ class FrozenLLM(nn.Module):
         templates = self._per_utt(template, n)
         parts = [self._template_parts(self._fill(templates[i], i, fields)) for i in range(n)]
         tgt_ids = [x + [self.eos_id] for x in self.tokenize(targets)]
+        if self.checkpointing or self.sharded:
+            return self._ce_one_forward(parts, speech, tgt_ids, reduction)
         body, head, dev = self.model.get_decoder(), self.model.get_output_embeddings(), self.device
         groups: dict[tuple, list[int]] = {}
         for i, (before, _) in enumerate(parts):
@@ -431,6 +624,38 @@ class FrozenLLM(nn.Module):
                 # position s-1 (the last prompt token) predicts target token 0
                 logits = head(hidden[r, s - 1:s - 1 + t]).float()
                 per_utt[i] = nn.functional.cross_entropy(logits, torch.tensor(tgt_ids[i], device=dev))
+        return self._reduce(per_utt, [len(t) for t in tgt_ids], reduction)
+
+    def hidden_states(self, embeds: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's last hidden states (after the final norm) of left-padded input embeddings (B, L, D): one
+        forward, no KV cache (checkpointed / sharded layers as set up)."""
+        import inspect
+
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        body = self.model.get_decoder()
+        kw = {"inputs_embeds": embeds, "attention_mask": mask, "use_cache": False}
+        if "position_ids" in inspect.signature(body.forward).parameters:  # BLOOM: ALiBi from the mask instead
+            kw["position_ids"] = self._positions(mask)
+        return body(**kw).last_hidden_state
+
+    def _ce_one_forward(self, parts, speech, tgt_ids, reduction) -> torch.Tensor:
+        """``ce_loss`` as one forward of the left-padded prompts + targets without a KV cache (the computation of
+        ``ce_loss_reference``, with the LM head applied to the target positions only): the path taken under
+        activation checkpointing and FSDP sharding."""
+        seqs = []
+        for i, (before, after) in enumerate(parts):
+            seqs.append(torch.cat([self.embed(before), self._speech_embeds(i, speech[i]),
+                                   self.embed(after + tgt_ids[i])], 0))
+            self._check_length(i, seqs[-1].shape[0], "prompt with its target")
+        embeds, mask = self._left_pad(seqs)
+        hidden = self.hidden_states(embeds, mask)
+        head = self.model.get_output_embeddings()
+        L = embeds.shape[1]
+        logits = head(torch.cat([hidden[i, L - 1 - len(t):L - 1] for i, t in enumerate(tgt_ids)])).float()
+        labels = torch.tensor([x for t in tgt_ids for x in t], device=logits.device)
+        ce = nn.functional.cross_entropy(logits, labels, reduction="none")
+        per_utt = [c.mean() for c in ce.split([len(t) for t in tgt_ids])]
         return self._reduce(per_utt, [len(t) for t in tgt_ids], reduction)
 
     def ce_loss_reference(self, template, speech: list, targets: list[str], *, reduction: str = "utterance",

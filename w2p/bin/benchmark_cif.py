@@ -23,7 +23,9 @@ U = max output length):
     fwd+bwd   the sum of the two
 GB/s = bytes / time; "% copy" divides it by the copy bandwidth: the best of --repeats timed
 dst.copy_(src) of --copy-mb MB (bytes = 2 x size: read + write) at the same thread count, measured
-before and after the cells (the better of the two is used, the stricter roofline).
+before and after the cells (the better of the two is used, the stricter roofline).  "% peak" divides
+it by the device's datasheet memory bandwidth (--peak-gbs, or looked up from the CUDA device name:
+PEAK_GBS; absent on CPU).
 """
 from __future__ import annotations
 
@@ -35,6 +37,19 @@ import time
 import torch
 
 DEFAULT_SHAPES = "8x250x512,16x500x512,16x500x1024,32x1000x1024"
+# datasheet HBM bandwidth (GB/s) by a substring of torch.cuda.get_device_name(); the first match wins
+PEAK_GBS = (("H200", 4800.0), ("H100 PCIe", 2000.0), ("H100", 3350.0), ("A100-SXM4-80GB", 2039.0),
+            ("A100 80GB PCIe", 1935.0), ("A100", 1555.0), ("L40S", 864.0), ("A10G", 600.0), ("V100", 900.0))
+
+
+def peak_bandwidth(device, override: float | None = None) -> float | None:
+    """The device's datasheet memory bandwidth in GB/s (None on CPU or for an unknown GPU without --peak-gbs)."""
+    if override:
+        return float(override)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((gbs for key, gbs in PEAK_GBS if key in name), None)
 BACKENDS = ("ext", "torch", "reference", "torch-cif")
 LABELS = {"ext": "ext", "torch": "torch-vectorised", "reference": "reference loop", "torch-cif": "torch-cif 0.2.0"}
 
@@ -175,12 +190,12 @@ def bench_one(backend, shape, device, dtype, repeats):
             "peak_extra_mb": peak / 2**20, "repeats": repeats, "fwd_bytes": fwd_b, "fwd_bwd_bytes": fwd_b + bwd_b}
 
 
-def format_table(results, shapes, copy_gbs):
-    """One line per (shape, backend); GB/s and % copy are given for the median / the min time."""
+def format_table(results, shapes, copy_gbs, peak_gbs=None):
+    """One line per (shape, backend); GB/s, % copy and % peak are given for the median / the min time."""
     lines = [f"{'shape (B,T,C)':<15} {'backend':<16} {'fwd ms':>13} {'fwd GB/s':>11} {'fwd+bwd ms':>15}"
-             f" {'MB':>6} {'GB/s':>11} {'% copy':>11} {'peak MB':>8} {'ext speed-up':>13}",
+             f" {'MB':>6} {'GB/s':>11} {'% copy':>11} {'% peak':>11} {'peak MB':>8} {'ext speed-up':>13}",
              f"{'':<15} {'':<16} {'med/min':>13} {'med/min':>11} {'med/min':>15}"
-             f" {'':>6} {'med/min':>11} {'med/min':>11} {'':>8} {'med/min':>13}"]
+             f" {'':>6} {'med/min':>11} {'med/min':>11} {'med/min':>11} {'':>8} {'med/min':>13}"]
     for shape in shapes:
         key = "x".join(map(str, shape))
         ext = results.get(key, {}).get("ext")
@@ -204,6 +219,8 @@ def format_table(results, shapes, copy_gbs):
                          f" {fwd_gbs[0]:>5.1f}/{fwd_gbs[1]:<5.1f} {r['fwd_bwd_ms']:>7.2f}/{r['fwd_bwd_min_ms']:<7.2f}"
                          f" {fb_bytes / 1e6:>6.1f} {gbs[0]:>5.1f}/{gbs[1]:<5.1f}"
                          f" {100 * gbs[0] / copy_gbs:>5.1f}/{100 * gbs[1] / copy_gbs:<5.1f}"
+                         + (f" {100 * gbs[0] / peak_gbs:>5.1f}/{100 * gbs[1] / peak_gbs:<5.1f}" if peak_gbs else
+                            f" {'-':>11}") +
                          f" {r['peak_extra_mb']:>8.1f} {speed:>13}{note}")
     return "\n".join(lines)
 
@@ -223,6 +240,8 @@ def main(argv=None):
                    help="size of each buffer of the copy-bandwidth measurement (default 256 MB)")
     p.add_argument("--no-malloc-cache", action="store_true",
                    help="CPU: leave glibc's default (fresh pages, i.e. page faults, for every big tensor)")
+    p.add_argument("--peak-gbs", type=float, default=None,
+                   help="device memory bandwidth for the %% peak column (default: datasheet value by GPU name)")
     p.add_argument("--json", help="also write the results here (atomically)")
     args = p.parse_args(argv)
 
@@ -259,17 +278,21 @@ def main(argv=None):
             print(f"done {key} {backend}", file=sys.stderr, flush=True)
     copy_after = copy_bandwidth(device, args.copy_mb, args.repeats)
     copy_gbs = max(copy_before[0], copy_after[0])
-    header = (f"CIF benchmark: device={device}, dtype={args.dtype}, threads={torch.get_num_threads()}, "
+    peak = peak_bandwidth(device, args.peak_gbs)
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    header = (f"CIF benchmark: device={device} ({dev_name}), dtype={args.dtype}, threads={torch.get_num_threads()}, "
               f"repeats={args.repeats} (median/min; reference loop 1 run), malloc_cache={malloc_cache}, "
               "training call with target_lengths\n"
               f"copy bandwidth ({args.copy_mb} MB dst.copy_(src), best/median GB/s): before "
               f"{copy_before[0]:.1f}/{copy_before[1]:.1f}, after {copy_after[0]:.1f}/{copy_after[1]:.1f}; "
-              f"roofline = {copy_gbs:.1f} GB/s")
+              f"roofline = {copy_gbs:.1f} GB/s; peak (datasheet) = "
+              f"{f'{peak:.0f} GB/s' if peak else 'unknown (--peak-gbs)'}")
     print(header)
-    print(format_table(results, shapes, copy_gbs))
+    print(format_table(results, shapes, copy_gbs, peak))
     if args.json:
         payload = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
                    "torch": torch.__version__, "malloc_cache": malloc_cache, "results": results,
+                   "device_name": dev_name, "peak_gbs": peak,
                    "copy_gbs": {"before_best": copy_before[0], "before_median": copy_before[1],
                                 "after_best": copy_after[0], "after_median": copy_after[1], "roofline": copy_gbs}}
         from w2p.io import write_json

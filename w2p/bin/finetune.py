@@ -205,7 +205,8 @@ def main(argv=None) -> int:
                          "adapters on the LLM; pass --llm_lora true")
     os.makedirs(args.output_dir, exist_ok=True)
     data = os.path.join(args.output_dir, "data")
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    # one writer: torchrun's rank 0, on the first node of a multi-node job (the others wait at the rendezvous)
+    rank0 = int(os.environ.get("RANK", "0")) == 0 and os.environ.get("SLURM_NODEID", "0") == "0"
     if rank0:  # under torchrun only the first process writes the union dir (it is built before the relaunch)
         counts = build_union(args.train_sets, tasks, data, n_valid=args.n_valid, seed=args.seed)
         log.info("fine-tuning data %s: %d train / %d valid utterances, tasks %s", data, counts["train"],

@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     if conf.get("model") != "wav2prompt":
         print(f"{args.model_dir}: readout needs a wav2prompt system, got {conf.get('model')}", file=sys.stderr)
         return 1
-    llm = FrozenLLM.load(args.llm or conf.get("llm", "smollm2-135m"))
+    # nearest-token readout needs only the tokenizer and the embedding table; --repeat runs the LLM
+    llm = FrozenLLM.load(args.llm or conf.get("llm", "smollm2-135m"), embeddings_only=not args.repeat)
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the scores JSON; library notices go to stderr
         model, _ = load_trained(args.model_dir, llm, checkpoint=args.checkpoint)
     ds = DumpDataset(args.data_dir, llm=llm, allow_pipes=args.allow_scp_pipes)

@@ -5,7 +5,9 @@
   ``{speech}``, with the CIF weights and firing frames where the model has CIF; ``target_lengths`` forces the
   number of vectors (one per transcript token, as in training). Models that write text instead (the cascade's
   ASR) implement ``transcribe``.
-* ``needs_llm``: a class attribute, so the trainer knows before building the model whether to load the LLM.
+* ``needs_llm``: a class attribute, so the trainer knows before building the model whether to load the LLM;
+  ``needs_llm_forward(model_conf)``: whether that config runs the LLM itself (else the tokenizer and the
+  input-embedding table are enough: ``FrozenLLM.load(embeddings_only=True)``).
 * Training hooks, called by the trainer: ``set_train_step(step)`` before every forward, ``set_train_vocab(ids)``
   once with the LLM token ids of the training transcripts. They do nothing unless a model overrides them.
 """
@@ -39,6 +41,10 @@ class SpeechPrompts:
 
 class AbsW2PModel(nn.Module):
     needs_llm: bool = True
+
+    @classmethod
+    def needs_llm_forward(cls, model_conf: dict) -> bool:
+        return cls.needs_llm
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError

@@ -66,6 +66,10 @@ def batch_prompts(batch: dict, tasks: list[str]) -> tuple[list[str], dict[str, l
 class FewShotWav2Prompt(Wav2Prompt):
     needs_llm = True
 
+    @classmethod
+    def needs_llm_forward(cls, model_conf: dict) -> bool:
+        return True  # the task CE always runs the LLM (Wav2Prompt's rule looks at ce_weight only)
+
     def __init__(self, llm, *, mse_weight: float = 1.0, qua_weight: float = 1.0, ce_weight: float = 1.0,
                  task: str | None = None, llm_lora: bool = False, lora_conf: dict | None = None, **w2p_conf):
         # the stage-4 auxiliary losses (CTC, "repeat" CE) are not part of fine-tuning; their heads are not built
@@ -118,7 +122,8 @@ class FewShotWav2Prompt(Wav2Prompt):
         ce = self.llm.ce_loss(templates, speech, targets, **fields).to(dev)
         loss = loss + self.task_ce_weight * ce
         stats["ce"] = float(ce.detach())
-        if not self.training and len(set(tasks)) > 1:  # per-task CE in the validation logs
+        # per-task CE in the validation logs; not with a sharded LLM, where every rank must run it equally often
+        if not self.training and len(set(tasks)) > 1 and not getattr(self.llm, "sharded", False):
             with torch.no_grad():
                 for t in sorted(set(tasks)):
                     sel = [i for i, x in enumerate(tasks) if x == t]

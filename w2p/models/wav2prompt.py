@@ -56,6 +56,11 @@ def regression_terms(pred: torch.Tensor, tgt: torch.Tensor, alphas: torch.Tensor
 class Wav2Prompt(AbsW2PModel):
     needs_llm = True
 
+    @classmethod
+    def needs_llm_forward(cls, model_conf: dict) -> bool:
+        """Only the CE term runs the LLM; MSE, quantity, CTC, the token term and readout use its embedding table."""
+        return float((model_conf or {}).get("ce_weight", 0.0) or 0.0) > 0
+
     def __init__(self, llm, encoder: dict | None = None, cif: dict | None = None, proj_hidden: int = 0,
                  mse_weight: float = 1.0, qua_weight: float = 1.0, ctc_weight: float = 0.0, ce_weight: float = 0.0,
                  bpe_vocab: int | None = None, bpe_model: str | None = None, ce_task: str = "asr",

@@ -8,6 +8,9 @@ DEFAULTS = {
     "model_conf": {},
     "llm": "smollm2-135m",
     "llm_dtype": "float32",
+    # a config without an LLM term (Wav2Prompt with ce_weight 0) loads only the tokenizer + input-embedding table
+    "llm_checkpointing": False,  # activation checkpointing through the frozen LLM's layers (CE phase, few-shot)
+    "llm_fsdp": False,  # FSDP2: the frozen LLM's decoder layers sharded across the ranks (CE phase, few-shot)
     "seed": 0,
     "max_epoch": 10,
     "batch_frames": 20000,  # (#utts x longest utt) per global batch, padding included

@@ -166,6 +166,14 @@ def loader_workers(setting, dataset: DumpDataset, world: int) -> int:
     return max(1, min(8, cores // max(1, world) - 1))
 
 
+def model_needs_llm_forward(model_name: str, model_conf: dict) -> bool:
+    """False when the config uses the LLM's tokenizer and embedding table only (Wav2Prompt without a CE term):
+    then the LLM is loaded embeddings-only."""
+    from w2p.models import model_class
+
+    return bool(model_class(model_name).needs_llm_forward(dict(model_conf or {})))
+
+
 # -- distributed ---------------------------------------------------------------------------------------------
 class Dist:
     def __init__(self, ngpu: int = 0):
@@ -230,7 +238,15 @@ class Trainer:
                 model_conf["encoder"] = {**enc, "cmvn": cmvn}
                 conf["model_conf"] = model_conf
         self.llm = llm
+        if llm is not None and conf.get("llm_fsdp") and not getattr(llm, "embeddings_only", False):
+            llm.shard()  # decoder layers split across ranks (loaded on the CPU by w2p.bin.train), then moved
+            llm.move_to(self.device)
         self.model = build_model(conf["model"], model_conf, llm).to(self.device)
+        self.sync_bn = 0
+        if self.dist.world > 1:  # BatchNorm statistics of the global batch (w2p/train/distributed.py)
+            from w2p.train.distributed import convert_sync_batchnorm
+
+            self.sync_bn = convert_sync_batchnorm(self.model)
         if init:
             _load_init(self.model, init, list(conf.get("init_exclude") or []))
         if self.dist.world > 1:
@@ -238,8 +254,11 @@ class Trainer:
                 dist.broadcast(t, 0)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         n_par = sum(p.numel() for p in self.params)
-        log.info("model %s: %.2fM trainable parameters; device %s; world %d; amp %s",
-                 conf["model"], n_par / 1e6, self.device, self.dist.world, self.amp)
+        log.info("model %s: %.2fM trainable parameters; device %s; world %d; amp %s; %d synced BatchNorm; LLM %s",
+                 conf["model"], n_par / 1e6, self.device, self.dist.world, self.amp, self.sync_bn,
+                 "none" if llm is None else ("embeddings only" if getattr(llm, "embeddings_only", False) else
+                                             f"full, checkpointing {getattr(llm, 'checkpointing', False)}, "
+                                             f"FSDP {getattr(llm, 'sharded', False)}"))
         self.optim = build_optimizer(conf["optim"], self.params, conf["optim_conf"])
         pipes = bool(conf.get("allow_scp_pipes"))
         self.train_set = DumpDataset(train_dir, llm=llm, preload=conf.get("preload", "auto"), allow_pipes=pipes)
@@ -438,6 +457,10 @@ class Trainer:
                 step_n = 0
                 for idx, gsize in group:
                     batch = self._to_device(next(loader))
+                    if self.sync_bn:
+                        from w2p.train.distributed import pad_to_global_length
+
+                        batch = pad_to_global_length(batch, self.device)
                     loss, stats = self._forward(batch)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss at step {self.step + 1} "

@@ -19,7 +19,8 @@ stage=0              # first stage to run
 stop_stage=10000     # last stage to run
 nj=2                 # parallel jobs for corpus synthesis / feature extraction
 nproc=1              # CPU threads per training/decoding process
-ngpu=0               # GPUs per training job (0 = CPU)
+ngpu=0               # GPUs per training job and node (0 = CPU)
+num_nodes=1          # nodes per training job (> 1: cmd_backend=slurm; one torchrun per node, see utils/slurm.pl)
 seed=0               # global seed (corpus generation, training)
 python=python        # python of tools/venv (path.sh activates it)
 
@@ -60,7 +61,8 @@ usage() {
   printf "$o" "--stop_stage ${stop_stage}" "last stage"
   printf "$o" "--nj ${nj}" "parallel jobs (corpus, features)"
   printf "$o" "--nproc ${nproc}" "CPU threads per process"
-  printf "$o" "--ngpu ${ngpu}" "GPUs for training (0 = CPU)"
+  printf "$o" "--ngpu ${ngpu}" "GPUs per node for training (0 = CPU)"
+  printf "$o" "--num_nodes ${num_nodes}" "nodes per training job (> 1: Slurm, utils/slurm.pl)"
   printf "$o" "--seed ${seed}" "global seed"
   printf "$o" "--max_utts ${max_utts}" "cap each set (0 = full; for quick tests)"
   printf "$o" "--datadir ${datadir}" "Kaldi-style data dirs <datadir>/<set>"
@@ -129,10 +131,13 @@ config_path() {
 train_system() {
   local out=$1 conf=$2; shift 2
   # --resume: a killed run continues from its last checkpoint (a finished one only re-averages)
-  ${train_cmd} ${out}/log/train.run.log ${python} -m w2p.bin.train --config ${conf} --llm ${llm} \
+  ${train_cmd} ${train_res} ${out}/log/train.run.log ${python} -m w2p.bin.train --config ${conf} --llm ${llm} \
     --train_dir ${fbankdir}/${train_set} --valid_dir ${fbankdir}/${valid_set} --output_dir ${out} \
-    --num_threads ${nproc} --ngpu ${ngpu} --resume "$@"
+    --num_threads ${nproc} --ngpu ${ngpu} --num_nodes ${num_nodes} --resume "$@"
 }
+# what a training job asks the queue for (slurm.pl: --gres=gpu:${ngpu} on each of ${num_nodes} nodes; run.pl
+# ignores it)
+train_res="--gpu ${ngpu} --num_nodes ${num_nodes}"
 device=$([ ${ngpu} -gt 0 ] && echo cuda || echo cpu)
 # Stages 0-1: the recipe's own corpus preparation, local/data.sh (the template knows no corpus). Every recipe's
 # script takes these options; ${local_data_opts} come last, so they can add or override.
@@ -261,9 +266,10 @@ if [ ${stage} -le 7 ] && [ ${stop_stage} -ge 7 ]; then
       conf=$(config_path ${conf})
       log "  fine-tune ${name}/${t} (${conf}) from ${expdir}/${init} ${targs}"
       # shellcheck disable=SC2086
-      ${train_cmd} ${expdir}/${name}/${t}/log/finetune.log ${python} -m w2p.bin.finetune --config ${conf} \
-        --init_exp ${expdir}/${init} --train_sets ${fbankdir}/${t}_fewshot --output_dir ${expdir}/${name}/${t} \
-        --llm ${llm} --num_threads ${nproc} --ngpu ${ngpu} --resume ${targs}
+      ${train_cmd} ${train_res} ${expdir}/${name}/${t}/log/finetune.log ${python} -m w2p.bin.finetune \
+        --config ${conf} --init_exp ${expdir}/${init} --train_sets ${fbankdir}/${t}_fewshot \
+        --output_dir ${expdir}/${name}/${t} --llm ${llm} --num_threads ${nproc} --ngpu ${ngpu} \
+        --num_nodes ${num_nodes} --resume ${targs}
     done 3<<< "${lines}"
   done
 fi
