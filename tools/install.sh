@@ -11,14 +11,20 @@ python=${PYTHON:-python3}
 
 log() { echo "$(date '+%H:%M:%S') [install] $*"; }
 
-# --- system packages: espeak-ng + sox synthesise the default corpus --------------------
-if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
+# --- system packages: espeak-ng + sox synthesise the default corpus; flite and festival (with its
+# English voices) are the other engines of w2p.synth.engines (make_corpus --engines) -------------------
+apt_pkgs="espeak-ng sox flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
+if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v flite >/dev/null \
+   || ! command -v text2wave >/dev/null || [ ! -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] \
+   || [ ! -d /usr/share/festival/voices/english/ked_diphone ] || [ ! -d /usr/share/festival/voices/english/kal_diphone ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "installing espeak-ng and sox with apt-get"
+    log "installing ${apt_pkgs} with apt-get"
     apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${apt_pkgs} >/dev/null
   else
-    echo "w2p: please install espeak-ng and sox (e.g. 'sudo apt-get install espeak-ng sox'); the default corpus needs them." >&2
+    echo "w2p: please install ${apt_pkgs} (e.g. 'sudo apt-get install ${apt_pkgs}'); the default corpus needs" \
+      "espeak-ng and sox, the multi-engine corpus flite and festival." >&2
   fi
 fi
 
