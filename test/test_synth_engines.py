@@ -111,3 +111,13 @@ def test_default_corpus_plan_is_unchanged_and_multi_engine_corpus_works(tmp_path
         mk.main(["--corpus", c, "--max_utts", "1", "--seed", "3", "--engines", "flite"])
     with pytest.raises(SystemExit, match="apt-get install|unknown synthesis engine"):
         mk.main(["--corpus", str(tmp_path / "x"), "--engines", "espeak,mbrola"])
+
+
+def test_info_lists_the_engines_and_their_voices():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "w2p.info"], capture_output=True, text=True, check=True).stdout
+    lines = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith("engine ")}
+    assert set(lines) == {"espeak", "flite", "festival"}, out
+    assert "192 voices" in lines["espeak"] and "slt" in lines["flite"] and "cmu_us_slt_arctic_hts" in lines["festival"]

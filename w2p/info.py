@@ -69,7 +69,7 @@ def collect() -> dict:
     from w2p.synth.engines import describe
 
     for name, voices in describe().items():
-        info[f"synthesis engine {name}"] = voices
+        info[f"engine {name}"] = voices  # synthesis engine: its voices
     return info
 
 
