@@ -121,3 +121,16 @@ def test_info_lists_the_engines_and_their_voices():
     lines = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith("engine ")}
     assert set(lines) == {"espeak", "flite", "festival"}, out
     assert "192 voices" in lines["espeak"] and "slt" in lines["flite"] and "cmu_us_slt_arctic_hts" in lines["festival"]
+
+
+def test_festival_batch_equals_one_by_one(tmp_path):
+    """make_corpus runs festival in batches (one process, voices switched inside): the same audio as alone."""
+    eng = E.get_engine("festival")
+    jobs = [("What time is it now", "kal_diphone", 1.1, 1.0, str(tmp_path / "a.wav")),
+            ("Turn on the lights", "cmu_us_slt_arctic_hts", 0.9, 1.05, str(tmp_path / "b.wav")),
+            ("What time is it now", "ked_diphone", 1.0, 0.95, str(tmp_path / "c.wav"))]
+    eng.synthesize_many(jobs)
+    for text, voice, speed, pitch, out in jobs:
+        alone = eng.synthesize(text, voice, speed, pitch, out_wav=str(tmp_path / "alone.wav"))
+        assert open(out, "rb").read() == open(tmp_path / "alone.wav", "rb").read(), voice
+        assert 0.5 < len(alone) / E.SR < 4 and np.abs(alone).max() > 0.05

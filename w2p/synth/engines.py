@@ -108,6 +108,11 @@ class Engine:
         """16 kHz mono float32 samples of ``text`` (also written as 16-bit PCM to ``out_wav`` when given)."""
         raise NotImplementedError
 
+    def synthesize_many(self, jobs: list[tuple[str, str, float, float, str]]) -> None:
+        """Write each job's (text, voice, speed, pitch, out_wav) wav; engines with a costly start-up batch them."""
+        for text, voice, speed, pitch, out_wav in jobs:
+            self.synthesize(text, voice, speed, pitch, out_wav=out_wav)
+
     def _check_voice(self, voice: str) -> None:
         if voice not in self.voices():
             raise EngineMissing(f"{self.name}: no voice {voice!r} (installed: {' '.join(self.voices()) or 'none'}). "
@@ -166,7 +171,7 @@ class Flite(Engine):
 
 
 class Festival(Engine):
-    """festival (text2wave) with the festvox voices Debian packages; speed -> Duration_Stretch, pitch -> sox."""
+    """festival (batch mode) with the festvox voices Debian packages; speed -> Duration_Stretch, pitch -> sox."""
     name = "festival"
     packages = "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts"
     # voice name -> the Scheme function selecting it (the directory under /usr/share/festival/voices/*/)
@@ -175,11 +180,11 @@ class Festival(Engine):
     VOICE_DIRS = ("/usr/share/festival/voices",)
 
     def check(self) -> None:
-        if shutil.which("text2wave") is None:
-            raise EngineMissing(f"festival (text2wave) not found on PATH. Fix: apt-get install {self.packages}")
+        if shutil.which("festival") is None:
+            raise EngineMissing(f"festival not found on PATH. Fix: apt-get install {self.packages}")
 
     def voices(self) -> list[str]:
-        if shutil.which("text2wave") is None:
+        if shutil.which("festival") is None:
             return []
         have = set()
         for root in self.VOICE_DIRS:
@@ -190,19 +195,38 @@ class Festival(Engine):
         return [v for v in self.VOICES if v in have]
 
     def synthesize(self, text, voice, speed=1.0, pitch=1.0, out_wav=None):
+        x = self._render([(text, voice, speed, pitch)])[0]
+        return _finish(x, SR, out_wav)
+
+    def synthesize_many(self, jobs):
+        """One festival process for all jobs (its start-up and voice loading cost more than an utterance)."""
+        for (*_job, out), x in zip(jobs, self._render([j[:4] for j in jobs])):
+            _finish(x, SR, out)
+
+    def _render(self, jobs: list[tuple[str, str, float, float]]) -> list[np.ndarray]:
         self.check()
-        self._check_voice(voice)
-        # text2wave reads the text from a file; keep it to what the corpus speaks (no Scheme/markup surprises)
-        clean = re.sub(r"[^A-Za-z0-9' ,.?!-]", " ", text)
+        for _, voice, *_rest in jobs:
+            self._check_voice(voice)
         with tempfile.TemporaryDirectory() as d:
-            txt, wav = os.path.join(d, "in.txt"), os.path.join(d, "out.wav")
-            with open(txt, "w") as f:
-                f.write(clean + "\n")
-            _run(["text2wave", "-eval", f"({self.VOICES[voice]})", "-eval",
-                  f"(Parameter.set 'Duration_Stretch {1.0 / speed:.4f})", "-o", wav, txt],
-                 f"festival voice {voice} text {text!r}")
-            x, sr = _read(wav, f"festival voice {voice} text {text!r}")
-        return _finish(sox_pitch(x, sr, pitch), sr, out_wav)
+            lines, current = [], None
+            for i, (text, voice, speed, _pitch) in enumerate(jobs):
+                if voice != current:
+                    lines.append(f"({self.VOICES[voice]})")
+                    current = voice
+                # keep the text to what the corpus speaks: no quote or backslash can end the Scheme string
+                clean = re.sub(r"[^A-Za-z0-9' ,.?!-]", " ", text)
+                lines.append(f"(Parameter.set 'Duration_Stretch {1.0 / speed:.4f})")
+                lines.append(f'(utt.save.wave (utt.synth (Utterance Text "{clean}")) "{d}/{i}.wav" \'riff)')
+            script = os.path.join(d, "batch.scm")
+            with open(script, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            _run(["festival", "-b", script], f"festival ({len(jobs)} utterances, e.g. voice {jobs[0][1]} text "
+                 f"{jobs[0][0]!r})")
+            out = []
+            for i, (text, voice, _speed, pitch) in enumerate(jobs):
+                x, sr = _read(os.path.join(d, f"{i}.wav"), f"festival voice {voice} text {text!r}")
+                out.append(_finish(sox_pitch(x, sr, pitch), sr, None).astype(np.float64))
+        return out
 
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (Espeak(), Flite(), Festival())}

@@ -69,15 +69,21 @@ def run_job(utts: list[dict], nj: int, job: int) -> int:
     done = 0
     t0 = time.time()
     mine = utts[job - 1::nj]
+    batches: dict[str, list] = {}  # engine -> its pending utterances (festival runs them in batches)
     for u in mine:
         if _valid_wav(u["wav"]):
             continue
         if "engine" in u:
-            get_engine(u["engine"]).synthesize(u["item"].text, u["voice"], u["speed"], u["pitch"], out_wav=u["wav"])
+            batches.setdefault(u["engine"], []).append(
+                (u["item"].text, u["voice"], u["speed"], u["pitch"], u["wav"]))
         else:
             x = synthesize(u["item"].text, u["voice"], u["variant"], u["speed"], u["pitch"])
             write_wav_atomic(u["wav"], x, 16000)
         done += 1
+    for eng, todo in sorted(batches.items()):
+        todo.sort(key=lambda j: j[1])  # by voice: festival loads each voice once per batch
+        for i in range(0, len(todo), 200):
+            get_engine(eng).synthesize_many(todo[i:i + 200])
     log.info("job %d/%d: %d utterances (%d synthesised, %d already present) in %.1fs",
              job, nj, len(mine), done, len(mine) - done, time.time() - t0)
     return done
