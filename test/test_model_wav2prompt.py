@@ -167,6 +167,57 @@ def test_token_discrimination_matches_a_per_token_oracle_and_trains(llm, tiny_re
     assert last < 0.7 * first
 
 
+def test_token_discrimination_negatives_from_the_whole_vocabulary(llm, tiny_recipe):
+    """tok_candidates: vocab = a softmax over every LLM token (oracle); sampled = the training vocabulary plus a
+    uniform sample of the whole vocabulary, drawn per training step (seeded), fixed in validation; sampling all of
+    the vocabulary gives the vocab term."""
+    with pytest.raises(ValueError, match="tok_candidates"):
+        _model(llm, tok_weight=0.5, tok_candidates="all")
+    kw = {"tok_weight": 0.5, "tok_temperature": 0.2, "mse_weight": 0.0, "qua_weight": 0.0}
+    batch = _batch(tiny_recipe, llm)
+    V = int(llm.embedding_weight.shape[0])
+    full = _model(llm, tok_candidates="vocab", **kw).eval()
+    with torch.no_grad():
+        h, h_lens, alphas = full.encode(batch["feats"], batch["feat_lens"])
+        out = full._cif(h, alphas, h_lens, target_lengths=torch.tensor([len(t) for t in batch["llm_tokens"]]))
+        pred = full.proj(out.out).float()
+    E = torch.nn.functional.normalize(llm.embedding_weight.detach().float(), dim=-1)
+
+    def oracle(cand):
+        cand = sorted(cand)
+        per_utt = []
+        for i, ids in enumerate(batch["llm_tokens"]):
+            logits = torch.nn.functional.normalize(pred[i, :len(ids)], dim=-1) @ E[cand].T / 0.2
+            pos = torch.tensor([cand.index(t) for t in ids])
+            per_utt.append(torch.nn.functional.cross_entropy(logits, pos))
+        return float(torch.stack(per_utt).mean())
+
+    train_vocab = {t for ids in batch["llm_tokens"] for t in ids}
+    full.set_train_vocab(train_vocab)  # ignored: every token is a candidate
+    _, stats = full(batch)
+    assert stats["tok"] == pytest.approx(oracle(range(V)), rel=1e-4)
+    assert stats["tok"] > oracle(train_vocab)  # more negatives, a harder softmax
+    every = _model(llm, tok_candidates="sampled", tok_num_sampled=V + 10, **kw).eval()
+    every.set_train_vocab(train_vocab)
+    assert every(batch)[1]["tok"] == pytest.approx(stats["tok"], rel=1e-5)
+    samp = _model(llm, tok_candidates="sampled", tok_num_sampled=300, tok_seed=4, **kw).eval()
+    samp.set_train_vocab(train_vocab)
+    fixed = samp._tok_sample("cpu")
+    assert len(set(fixed.tolist())) == 300 and torch.equal(fixed, samp._tok_sample("cpu"))
+    assert samp(batch)[1]["tok"] == pytest.approx(oracle(train_vocab | set(fixed.tolist())), rel=1e-4)
+    samp.train()
+    samp.set_train_step(7)
+    s7 = samp._tok_sample("cpu")
+    other = _model(llm, tok_candidates="sampled", tok_num_sampled=300, tok_seed=4, **kw).train()
+    other.set_train_step(7)
+    assert torch.equal(s7, other._tok_sample("cpu"))  # a function of (seed, step): every process draws the same
+    samp.set_train_step(8)
+    assert not torch.equal(s7, samp._tok_sample("cpu")) and not torch.equal(s7, fixed)
+    loss, st = samp(batch)
+    loss.backward()
+    assert st["tok"] > 0 and samp.proj.weight.grad.abs().sum() > 0
+
+
 def test_ce_term_uses_the_task_template(llm):
     from w2p.tasks import get_task
 

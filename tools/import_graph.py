@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = [  # (layer, module prefixes); the longest matching prefix decides
     (0, ["w2p", "w2p.io", "w2p.config", "w2p.errors", "w2p._ext", "w2p._C"]),
     (1, ["w2p.data", "w2p.synth", "w2p.tasks"]),
-    (2, ["w2p.features"]),
+    (2, ["w2p.features", "w2p.augment"]),
     (3, ["w2p.cif", "w2p.llm", "w2p.models"]),
     (4, ["w2p.train"]),
     (5, ["w2p.decode", "w2p.infer", "w2p.serve"]),

@@ -11,11 +11,17 @@ python=${PYTHON:-python3}
 
 log() { echo "$(date '+%H:%M:%S') [install] $*"; }
 
-# --- system packages: espeak-ng + sox synthesise the default corpus; ffmpeg decodes what the server is sent
+# --- system packages: espeak-ng + sox synthesise the default corpus; flite and festival (with its English voices)
+# are the other engines of w2p.synth.engines (make_corpus --engines); ffmpeg decodes what the server is sent
 # (the browser recorder's webm/opus); chromium + chromium-driver run the page's browser test ---------------------
 apt_pkgs=()
 command -v espeak-ng >/dev/null || apt_pkgs+=(espeak-ng)
 command -v sox >/dev/null || apt_pkgs+=(sox)
+command -v flite >/dev/null || apt_pkgs+=(flite)
+command -v festival >/dev/null || apt_pkgs+=(festival)
+[ -d /usr/share/festival/voices/english/kal_diphone ] || apt_pkgs+=(festvox-kallpc16k)
+[ -d /usr/share/festival/voices/english/ked_diphone ] || apt_pkgs+=(festvox-kdlpc16k)
+[ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || apt_pkgs+=(festvox-us-slt-hts)
 command -v ffmpeg >/dev/null || apt_pkgs+=(ffmpeg)
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || apt_pkgs+=(chromium)
 command -v chromedriver >/dev/null || apt_pkgs+=(chromium-driver)
@@ -26,7 +32,7 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
   else
     echo "w2p: please install ${apt_pkgs[*]} (e.g. 'sudo apt-get install ${apt_pkgs[*]}'); the default corpus needs" \
-      "espeak-ng and sox, w2p serve needs ffmpeg, its browser test chromium and chromium-driver." >&2
+      "espeak-ng and sox, the multi-engine corpus flite and festival, w2p serve needs ffmpeg, its browser test chromium and chromium-driver." >&2
   fi
 fi
 

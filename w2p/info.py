@@ -1,4 +1,4 @@
-"""Versions, compiled backends, default LLM location, espeak-ng and sox.
+"""Versions, compiled backends, default LLM location, espeak-ng, sox and the synthesis engines with their voices.
 
     w2p info [--short]        (or python -m w2p.info)
 """
@@ -66,6 +66,10 @@ def collect() -> dict:
     else:
         info["espeak-ng"] = "missing (apt-get install espeak-ng)"
     info["sox"] = shutil.which("sox") or "missing (apt-get install sox)"
+    from w2p.synth.engines import describe
+
+    for name, voices in describe().items():
+        info[f"engine {name}"] = voices  # synthesis engine: its voices
     return info
 
 

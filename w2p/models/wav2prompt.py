@@ -18,6 +18,10 @@ towards its target embedding but does not push it away from the embeddings of si
 what the LLM confuses ("spoons" read as "poems"). A softmax over the cosine to the embeddings of every token of the
 training transcripts (``set_train_vocab``, called by the trainer; a small set, so the term is cheap where the whole
 vocabulary would not be) makes the nearest token the right one (its effect: egs/mini_en/w2p1/README.md).
+``tok_candidates`` chooses the candidates: ``train`` (that set, the default), ``sampled`` (that set plus
+``tok_num_sampled`` tokens drawn uniformly from the LLM's whole vocabulary, afresh every training step, a fixed draw
+in validation: the prompts are also pushed away from words no transcript has; sampled softmax with uniform
+negatives, no correction) or ``vocab`` (the whole vocabulary: exact, costly on CPU).
 
 MSE is measured in units of the embedding table's standard deviation (the projection predicts E[y]/std and the
 prompt is that times std), so the loss weights do not depend on the LLM's embedding scale. Every loss term is a
@@ -66,7 +70,8 @@ class Wav2Prompt(AbsW2PModel):
                  bpe_vocab: int | None = None, bpe_model: str | None = None, ce_task: str = "asr",
                  ce_target: str = "text", ce_template: str | None = None, ce_reduction: str = "utterance",
                  ce_fields: list[str] | None = None, ctc_warmup_steps: int = 0, tok_weight: float = 0.0,
-                 tok_temperature: float = 0.1):
+                 tok_temperature: float = 0.1, tok_candidates: str = "train", tok_num_sampled: int = 4096,
+                 tok_seed: int = 0):
         super().__init__()
         if llm is None:
             raise ValueError("Wav2Prompt needs the frozen LLM (its tokenizer and embedding table)")
@@ -116,6 +121,11 @@ class Wav2Prompt(AbsW2PModel):
         self.tok_weight, self.tok_temperature = float(tok_weight), float(tok_temperature)
         if self.tok_weight > 0 and self.tok_temperature <= 0:
             raise ValueError(f"model_conf.tok_temperature must be > 0, got {tok_temperature}")
+        if tok_candidates not in ("train", "sampled", "vocab"):
+            raise ValueError(f"model_conf.tok_candidates must be train, sampled or vocab, got {tok_candidates!r}")
+        if tok_candidates == "sampled" and int(tok_num_sampled) < 1:
+            raise ValueError(f"model_conf.tok_num_sampled must be >= 1, got {tok_num_sampled}")
+        self.tok_candidates, self.tok_num_sampled, self.tok_seed = tok_candidates, int(tok_num_sampled), int(tok_seed)
         self._train_vocab: torch.Tensor | None = None
         self._train_vocab_emb: torch.Tensor | None = None
 
@@ -212,19 +222,33 @@ class Wav2Prompt(AbsW2PModel):
         stats["loss"] = float(loss.detach())
         return loss, stats
 
+    def _tok_sample(self, dev) -> torch.Tensor:
+        """``tok_num_sampled`` distinct token ids drawn uniformly from the whole vocabulary: a function of (tok_seed,
+        training step) in training, so every process draws the same; one fixed draw in validation."""
+        V = int(self.llm.embedding_weight.shape[0])
+        g = torch.Generator().manual_seed(self.tok_seed * 1_000_003 + (self._train_step + 1 if self.training else 0))
+        return torch.randperm(V, generator=g)[:min(V, self.tok_num_sampled)].to(dev)
+
     def _token_discrimination(self, pred, ids, umask, U) -> torch.Tensor:
         """Per-utterance mean of CE(cos(pred, E[cand]) / T, target), cand = the training vocabulary (the batch's
-        own tokens when none was set). A validation token outside it is left out of the mean, so that the term
-        does not depend on how the batches are split across processes."""
+        own tokens when none was set; ``tok_candidates``: plus a uniform sample of the whole vocabulary, or all of
+        it). A validation token outside cand is left out of the mean, so that the term does not depend on how the
+        batches are split across processes."""
         dev = pred.device
         ids = ids[:, :pred.shape[1]]
-        cand = self._train_vocab.to(dev) if self._train_vocab is not None else torch.unique(ids[umask.bool()])
-        En = self._train_vocab_emb if self._train_vocab is not None else None
+        if self.tok_candidates == "vocab":
+            cand = torch.arange(int(self.llm.embedding_weight.shape[0]), device=dev)
+        else:
+            cand = self._train_vocab.to(dev) if self._train_vocab is not None else torch.unique(ids[umask.bool()])
+        cached = self._train_vocab is not None or self.tok_candidates == "vocab"
+        En = self._train_vocab_emb if cached else None
+        if self.tok_candidates == "sampled":  # a fresh draw each step: never cached
+            cand, En = torch.unique(torch.cat([cand, self._tok_sample(dev)])), None
         if En is None or En.device != dev:
             with torch.no_grad():
                 E = self.llm.embedding_weight.detach()[cand.to(self.llm.embedding_weight.device)].to(dev).float()
                 En = nn.functional.normalize(E, dim=-1)
-            if self._train_vocab is not None:
+            if cached and self.tok_candidates != "sampled":
                 self._train_vocab_emb = En
         logits = nn.functional.normalize(pred, dim=-1) @ En.T / self.tok_temperature  # (B, U_max, |cand|)
         tgt = torch.searchsorted(cand, ids).clamp(max=len(cand) - 1)

@@ -2,7 +2,8 @@
 
 * ``mini_en``: the seeded text generator (ASR sentences and the ST/SLU/SQQA/SQA task sets with references);
 * ``lexicon``: its English-French lexicon and French agreement rules (the ST references);
-* ``espeak``: speech with espeak-ng (voices, speed, pitch; 16 kHz mono);
+* ``espeak``: speech with espeak-ng (voices, speed, pitch; 16 kHz mono), the default corpus's only engine;
+* ``engines``: espeak-ng, flite and festival behind one interface (``make_corpus --engines``; ``w2p info``);
 * ``make_corpus``: the CLI that plans, synthesises (in parallel jobs) and writes the manifests
   ``<corpus>/<set>.jsonl`` that ``w2p.data.corpora.prepare_mini_en`` reads.
 

@@ -1,6 +1,11 @@
 """Stage 0 of egs/mini_en (local/data.sh): generate the mini_en text (seeded) and speak it with espeak-ng.
 
-  python -m w2p.synth.make_corpus --corpus corpus [--seed 0] [--max_utts N] [--nj N --job J | --finalize]
+  python -m w2p.synth.make_corpus --corpus corpus [--seed 0] [--max_utts N] [--engines espeak]
+                                  [--nj N --job J | --finalize]
+
+``--engines espeak`` (the default) is the original corpus: espeak-ng accents x variants (w2p.synth.espeak), byte
+for byte. A list (``espeak,flite,festival``) draws an engine, one of its voices, a tempo and an f0 factor per
+utterance (w2p.synth.engines); the manifests then carry ``engine`` and the speaker is ``<engine>_<voice>``.
 
 Run as N parallel jobs (``--nj N --job J``, J = 1..N, e.g. through run.pl), then once with
 ``--finalize`` which checks that every wav exists and writes the manifests
@@ -22,12 +27,16 @@ import soundfile as sf
 from w2p.data.audio import write_wav_atomic
 from w2p.io import write_atomic
 from w2p.synth import mini_en
+from w2p.synth.engines import EngineMissing, draw_voices, get_engine, parse_engines
 from w2p.synth.espeak import check_espeak, draw_speakers, synthesize
 
 log = logging.getLogger("make_corpus")
 
 
-def plan(seed: int, max_utts: int | None, corpus: str) -> list[dict]:
+DEFAULT_ENGINES = ("espeak",)
+
+
+def plan(seed: int, max_utts: int | None, corpus: str, engines=DEFAULT_ENGINES) -> list[dict]:
     """Every utterance of every set with its voice and output path, in a fixed order."""
     sizes = dict(mini_en.DEFAULT_SIZES)
     if max_utts:
@@ -35,7 +44,10 @@ def plan(seed: int, max_utts: int | None, corpus: str) -> list[dict]:
     # the coverage pass adds training sentences; a capped (test) corpus stays capped
     sets = mini_en.generate(seed, sizes, cover=not max_utts)
     flat = [(s, i, it) for s in mini_en.ALL_SETS for i, it in enumerate(sets[s])]
-    spk = draw_speakers(len(flat), seed + 1)
+    if tuple(engines) == DEFAULT_ENGINES:  # the original corpus (its draws and ids unchanged)
+        spk = draw_speakers(len(flat), seed + 1)
+    else:
+        spk = draw_voices(len(flat), seed + 1, list(engines))
     out = []
     corpus = os.path.abspath(corpus)
     for (s, i, it), v in zip(flat, spk):
@@ -52,16 +64,26 @@ def _valid_wav(path: str) -> bool:
 
 
 def run_job(utts: list[dict], nj: int, job: int) -> int:
-    check_espeak()
+    if any("engine" not in u for u in utts):
+        check_espeak()
     done = 0
     t0 = time.time()
     mine = utts[job - 1::nj]
+    batches: dict[str, list] = {}  # engine -> its pending utterances (festival runs them in batches)
     for u in mine:
         if _valid_wav(u["wav"]):
             continue
-        x = synthesize(u["item"].text, u["voice"], u["variant"], u["speed"], u["pitch"])
-        write_wav_atomic(u["wav"], x, 16000)
+        if "engine" in u:
+            batches.setdefault(u["engine"], []).append(
+                (u["item"].text, u["voice"], u["speed"], u["pitch"], u["wav"]))
+        else:
+            x = synthesize(u["item"].text, u["voice"], u["variant"], u["speed"], u["pitch"])
+            write_wav_atomic(u["wav"], x, 16000)
         done += 1
+    for eng, todo in sorted(batches.items()):
+        todo.sort(key=lambda j: j[1])  # by voice: festival loads each voice once per batch
+        for i in range(0, len(todo), 200):
+            get_engine(eng).synthesize_many(todo[i:i + 200])
     log.info("job %d/%d: %d utterances (%d synthesised, %d already present) in %.1fs",
              job, nj, len(mine), done, len(mine) - done, time.time() - t0)
     return done
@@ -78,9 +100,14 @@ def finalize(utts: list[dict], corpus: str, seed: int) -> dict:
         it = u["item"]
         dur = sf.info(u["wav"]).duration
         secs[u["set"]] = secs.get(u["set"], 0.0) + dur
-        rec = {"id": u["id"], "spk": u["spk"], "wav": u["wav"], "dur": round(dur, 3), "text": it.text,
-               "voice": u["voice"], "variant": u["variant"], "speed": u["speed"], "pitch": u["pitch"],
-               "family": it.family}
+        if "engine" in u:
+            rec = {"id": u["id"], "spk": u["spk"], "wav": u["wav"], "dur": round(dur, 3), "text": it.text,
+                   "engine": u["engine"], "voice": u["voice"], "speed": u["speed"], "pitch": u["pitch"],
+                   "family": it.family}
+        else:
+            rec = {"id": u["id"], "spk": u["spk"], "wav": u["wav"], "dur": round(dur, 3), "text": it.text,
+                   "voice": u["voice"], "variant": u["variant"], "speed": u["speed"], "pitch": u["pitch"],
+                   "family": it.family}
         # ASR sets mix all families: their references would be partial files, so only task sets carry them
         for k in ("ref", "question", "slots") if u["set"] in mini_en.TASK_SETS else ():
             if getattr(it, k) is not None:
@@ -95,6 +122,8 @@ def finalize(utts: list[dict], corpus: str, seed: int) -> dict:
              "hours": {s: round(v / 3600, 4) for s, v in secs.items()},
              "total_hours": round(sum(secs.values()) / 3600, 4),
              "speakers": len({u["spk"] for u in utts})}
+    if any("engine" in u for u in utts):
+        stats["engines"] = {e: sum(u.get("engine") == e for u in utts) for e in sorted({u["engine"] for u in utts})}
     write_atomic(os.path.join(corpus, "stats.json"), json.dumps(stats, indent=1) + "\n")
     return stats
 
@@ -107,17 +136,26 @@ def main(argv=None) -> int:
     ap.add_argument("--nj", type=int, default=1, help="number of parallel jobs the work is split into")
     ap.add_argument("--job", type=int, default=0, help="this job's index 1..nj (0 = do all jobs' work here)")
     ap.add_argument("--finalize", action="store_true", help="check the wavs and write manifests + stats.json")
+    ap.add_argument("--engines", default="espeak",
+                    help="synthesis engines, comma-separated (espeak, flite, festival; w2p info lists them). "
+                    "espeak alone = the original corpus")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.nj < 1 or not 0 <= a.job <= a.nj:
         ap.error(f"need 1 <= nj and 0 <= job <= nj (got nj={a.nj}, job={a.job})")
-    utts = plan(a.seed, a.max_utts or None, a.corpus)
+    try:
+        engines = tuple(parse_engines(a.engines))
+    except (EngineMissing, ValueError) as e:
+        raise SystemExit(f"make_corpus: --engines {a.engines}: {e}") from e
+    utts = plan(a.seed, a.max_utts or None, a.corpus, engines)
     # the stamp pins the exact plan (texts, voices): a corpus dir is never silently mixed from two
     # configurations or generator versions, since existing wavs are reused on re-runs
-    digest = hashlib.sha256(json.dumps([(u["id"], u["item"].text, u["voice"], u["variant"], u["speed"], u["pitch"])
-                                        for u in utts]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps([(u["id"], u["item"].text, u["voice"], u.get("variant", u.get("engine")),
+                                         u["speed"], u["pitch"]) for u in utts]).encode()).hexdigest()[:16]
     stamp = os.path.join(a.corpus, ".config.json")
     cfg = {"seed": a.seed, "max_utts": a.max_utts, "plan_sha256": digest}
+    if engines != DEFAULT_ENGINES:  # (the default corpus's stamp is unchanged)
+        cfg["engines"] = list(engines)
     if os.path.exists(stamp):
         with open(stamp) as f:
             old = json.load(f)

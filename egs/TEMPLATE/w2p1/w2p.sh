@@ -35,6 +35,7 @@ test_sets="test"
 tasks="st slu sqqa sqa"   # zero-shot tasks; sets <task>_fewshot and <task>_test
 resample=true        # resample audio that is not 16 kHz (false: such files are errors)
 feats_type=fbank     # stage 2: fbank (features dumped) | raw (audio references; fbank computed on the fly)
+augment_config=""    # stage 2: augment ${train_set} into ${train_set}_aug, trained on instead ("" = none; w2p.augment)
 local_data_opts=""   # extra options for local/data.sh (e.g. mini_en: "--corpus_dir corpus")
 
 # LLM and systems (used by stages 3-10)
@@ -74,6 +75,7 @@ usage() {
   printf "$o" "--tasks \"${tasks}\"" "zero-shot tasks (sets <task>_fewshot, <task>_test)"
   printf "$o" "--resample ${resample}" "resample non-16 kHz audio (false: error)"
   printf "$o" "--feats_type ${feats_type}" "stage 2: fbank (dump features) | raw (fbank on the fly)"
+  printf "$o" "--augment_config \"${augment_config}\"" "stage 2: train on ${train_set}_aug (speed/noise/reverb)"
   printf "$o" "--local_data_opts \"${local_data_opts}\"" "extra options for local/data.sh (stages 0-1)"
   printf "$o" "--llm ${llm}" "frozen LLM"
   printf "$o" "--systems_config ${systems_config}" "the systems of stages 4-9 (trained, decoded, scored)"
@@ -102,6 +104,12 @@ task_sets=""
 for t in ${tasks}; do task_sets+="${t}_fewshot ${t}_test "; done
 asr_sets="${train_set} ${valid_set} ${test_sets}"
 all_sets="${asr_sets} ${task_sets}"
+data_sets=${all_sets}  # what stage 1 writes
+if [ -n "${augment_config}" ]; then  # stage 2 writes ${train_set}_aug from it; stages 2- use it in its place
+  train_src=${train_set}
+  train_set=${train_set}_aug
+  all_sets="${train_set} ${valid_set} ${test_sets} ${task_sets}"
+fi
 fbankdir=${dumpdir}/fbank
 
 # Validate data dirs (kind data|dump); $1 = hint naming the stage that makes them.
@@ -146,7 +154,7 @@ local_data() {
     echo "$0: $(pwd)/local/data.sh missing or not executable: a recipe prepares its corpus there (stages 0-1;" \
       "see egs/mini_en/w2p1/local/data.sh)" >&2; exit 1; }
   # shellcheck disable=SC2086
-  local/data.sh "$@" --nj ${nj} --seed ${seed} --max_utts ${max_utts} --datadir ${datadir} --sets "${all_sets}" \
+  local/data.sh "$@" --nj ${nj} --seed ${seed} --max_utts ${max_utts} --datadir ${datadir} --sets "${data_sets}" \
     --python ${python} ${local_data_opts}
 }
 
@@ -158,16 +166,24 @@ fi
 
 # ============================================================================ Stage 1: data prep
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
-  log "Stage 1: data preparation (local/data.sh stage 1) -> ${datadir}/{$(echo ${all_sets} | tr ' ' ,)}"
+  log "Stage 1: data preparation (local/data.sh stage 1) -> ${datadir}/{$(echo ${data_sets} | tr ' ' ,)}"
   local_data --stage 1 --stop_stage 1
   # shellcheck disable=SC2046
-  validate data "local/data.sh stage 1 wrote an invalid data dir" $(prefixed ${datadir} ${all_sets})
+  validate data "local/data.sh stage 1 wrote an invalid data dir" $(prefixed ${datadir} ${data_sets})
 fi
 
 # ============================================================================ Stage 2: fbank + CMVN
 if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
   log "Stage 2: 80-dim fbank (feats_type ${feats_type}) -> ${fbankdir}/<set> (nj=${nj}), global CMVN ->" \
     "${fbankdir}/${train_set}/cmvn.npz"
+  if [ -n "${augment_config}" ]; then
+    log "Stage 2: augmenting ${datadir}/${train_src} -> ${datadir}/${train_set} (${augment_config}, nj=${nj})"
+    ${cmd} JOB=1:${nj} ${fbankdir}/log/augment.JOB.log ${python} -m w2p.bin.augment_data_dir \
+      --src ${datadir}/${train_src} --dst ${datadir}/${train_set} --config ${augment_config} --seed ${seed} \
+      --nj ${nj} --job JOB
+    ${python} -m w2p.bin.augment_data_dir --src ${datadir}/${train_src} --dst ${datadir}/${train_set} \
+      --config ${augment_config} --seed ${seed} --finalize
+  fi
   # shellcheck disable=SC2046
   validate data "run stage 1 (data prep) first" $(prefixed ${datadir} ${all_sets})
   # fbank: each job dumps features of its share; raw: each job reads only its files' headers (frame counts), and

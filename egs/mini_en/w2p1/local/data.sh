@@ -19,6 +19,7 @@ stop_stage=1
 nj=1                 # parallel synthesis jobs
 seed=0               # the corpus is a function of the seed (texts, voices)
 max_utts=0           # cap every set (0 = full corpus; for quick tests)
+engines=espeak       # synthesis engines, comma-separated: espeak (the original corpus) | espeak,flite,festival
 datadir=data
 sets="train dev test"
 python=python
@@ -27,6 +28,7 @@ corpus_dir=${MINI_EN}   # where stage 0 writes wav/<set>/*.wav + <set>.jsonl man
 usage() {
   echo "Usage: $0 [--stage ${stage}] [--stop_stage ${stop_stage}] [--nj ${nj}] [--seed ${seed}] [--max_utts ${max_utts}]"
   echo "       [--datadir ${datadir}] [--sets \"${sets}\"] [--corpus_dir ${corpus_dir}] [--python ${python}]"
+  echo "       [--engines ${engines}]"
 }
 
 . utils/parse_options.sh
@@ -38,10 +40,12 @@ usage() {
 . ./cmd.sh
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
-  log "local/data.sh stage 0: synthesise the mini_en corpus with espeak-ng into ${corpus_dir} (nj=${nj})"
+  log "local/data.sh stage 0: synthesise the mini_en corpus with ${engines} into ${corpus_dir} (nj=${nj})"
   ${cmd} JOB=1:${nj} ${corpus_dir}/log/synth.JOB.log \
-    ${python} -m w2p.synth.make_corpus --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} --nj ${nj} --job JOB
-  ${python} -m w2p.synth.make_corpus --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} --finalize
+    ${python} -m w2p.synth.make_corpus --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} \
+      --engines ${engines} --nj ${nj} --job JOB
+  ${python} -m w2p.synth.make_corpus --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} \
+    --engines ${engines} --finalize
 fi
 
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
