@@ -26,6 +26,16 @@ SENTENCES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the CPU is
+    shared, and two OpenMP threads fighting other processes are many times slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def llm():
     from w2p.llm import DEFAULT_LLM, FrozenLLM

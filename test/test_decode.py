@@ -11,13 +11,7 @@ from conftest import SENTENCES, TINY_ENCODER
 from w2p.decode import calibrate_scores, choose, load_set
 from w2p.models import build_model
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the CPU is shared: two OpenMP threads fighting other processes are many times slower than one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
