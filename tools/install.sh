@@ -11,14 +11,16 @@ python=${PYTHON:-python3}
 
 log() { echo "$(date '+%H:%M:%S') [install] $*"; }
 
-# --- system packages: espeak-ng + sox synthesise the default corpus --------------------
-if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
+# --- system packages: espeak-ng + sox synthesise the default corpus; ffmpeg decodes the m4a audio of Europarl-ST
+# (egs/librispeech) -------------------------------------------------------------------------------------------------
+if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v ffmpeg >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    log "installing espeak-ng and sox with apt-get"
+    log "installing espeak-ng, sox and ffmpeg with apt-get"
     apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox ffmpeg >/dev/null
   else
-    echo "w2p: please install espeak-ng and sox (e.g. 'sudo apt-get install espeak-ng sox'); the default corpus needs them." >&2
+    echo "w2p: please install espeak-ng, sox and ffmpeg (e.g. 'sudo apt-get install espeak-ng sox ffmpeg'); the" \
+      "default corpus needs the first two, Europarl-ST's m4a audio the third." >&2
   fi
 fi
 

@@ -228,6 +228,17 @@ def slurp_slots(annotation: str) -> dict:
     return out
 
 
+def _slurp_record(line: str, path: str, ln: int) -> dict:
+    try:
+        d = json.loads(line)
+        if not isinstance(d, dict) or "intent" not in d or "slurp_id" not in d:
+            raise ValueError("no 'intent' / 'slurp_id'")
+    except ValueError as e:  # JSONDecodeError is a ValueError
+        raise CorpusError(f"{path}:{ln}: not a SLURP record ({e}). Fix: SLURP must point at the SLURP checkout "
+                          "(dataset/slurp/*.jsonl as released)") from e
+    return d
+
+
 def prepare_slurp(root: str, split: str, *, audio_dir: str | None = None, strict: bool = False,
                   max_utts: int = 0, headset_only: bool = False,
                   max_skip_frac: float | None = None) -> tuple[dict, list[str]]:
@@ -244,14 +255,16 @@ def prepare_slurp(root: str, split: str, *, audio_dir: str | None = None, strict
         p = os.path.join(root, "dataset", "slurp", f"{s}.jsonl")
         if os.path.isfile(p):
             with open(p, encoding="utf-8") as f:
-                intents.update(json.loads(x)["intent"] for x in f if x.strip())
+                for ln, x in enumerate(f, 1):
+                    if x.strip():
+                        intents.add(_slurp_record(x, p, ln)["intent"])
     skip = Skips(f"SLURP {split}", strict=strict, max_frac=max_skip_frac)
     utts = {}
     with open(jl, encoding="utf-8") as f:
         for ln, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            d = json.loads(line)
+            d = _slurp_record(line, jl, ln)
             text = normalize_transcript(d.get("sentence", ""), lower_first=True)
             slots = slurp_slots(d.get("sentence_annotation", ""))
             for rec in d.get("recordings", []):
@@ -301,7 +314,7 @@ def prepare_europarl_st(root: str, split: str, *, src: str = "en", tgt: str = "f
       (speeches.lst / speeches.<lang> / speakers.lst: the whole speeches; not needed here)
 
     Each segment is cut by time from its decoded recording (m4a through ffmpeg) and written as a 16 kHz wav to
-    ``audio_out/<utt>.wav`` (kept if already there: a re-run decodes nothing). Utterance id
+    ``audio_out/<utt>.wav`` (kept if already there: a re-run writes nothing). Utterance id
     ``<speech id>_<start cs>-<end cs>`` (times in centiseconds, Kaldi style); the speech is the speaker (one
     intervention, one speaker). A missing or undecodable
     recording, a mis-timed segment (start < 0, end <= start, end past the recording), an empty transcript or
@@ -386,7 +399,8 @@ def prepare_europarl_st(root: str, split: str, *, src: str = "en", tgt: str = "f
                     skip(f"utterance {uid}: empty segment {start:.2f}-{end:.2f} s (segments.lst line {ln}) of "
                          f"{audio}: {'shorter than one 25 ms frame' if len(cut) < 400 else 'no signal'}")
                     continue
-                write_wav_atomic(wav, cut, sr)
+                if not os.path.isfile(wav):  # cut by an earlier run (same id = same times): kept
+                    write_wav_atomic(wav, cut, sr)
             utts[uid] = {"wav": os.path.abspath(wav), "text": text, "spk": speech, "ref": ref,
                          "dur": round(end - start, 3)}
     skip.check(len(utts))
