@@ -402,7 +402,8 @@ def test_librispeech_local_data_prep_maps_recipe_sets(tmp_path):
     out = str(tmp_path / "data")
     # CoVoST 2 as the ST source; the LibriSpeech fixture skips half its utterances (above the default 0.1)
     args = ["--out", out, "--librispeech", ls, "--covost2", cv, "--slurp", sl, "--st_corpus", "covost2",
-            "--max_skip_frac", "0.5", "--sets", "train", "dev", "test", "st_fewshot", "st_test", "slu_fewshot", "slu_test"]
+            "--max_skip_frac", "0.5",
+            "--sets", "train", "dev", "test", "st_fewshot", "st_test", "slu_fewshot", "slu_test"]
     assert prepare_data.main(args) == 0
     assert read_kv(os.path.join(out, "st_test", "ref"))["aaaa1111-common_voice_en_1"] == "Où est la gare ?"
     assert open(os.path.join(out, "slu_test", "intents")).read().split() == ["alarm_set", "play_music", "weather_query"]

@@ -433,3 +433,27 @@ def test_librispeech_recipe_stages_0_to_10_on_fixture_corpora(tmp_path):
     assert len((rec / "exp" / "packed" / "smoke.out").read_text().splitlines()) == 2
     # the five zero-shot systems decoded the En->Es task (stage 6 follows --tasks, not the decode config)
     assert len(list((rec / "exp").glob("*/decode_st_es_st_es_test/hyp"))) == 5
+
+
+def test_librispeech_paper_scale_configs():
+    """The configs run.sh names load through the one config loader and are sized as the paper's setting: a ~100M
+    Conformer, CTC over run.sh's 5000-unit BPE, a 7B LLM given by path, beam 5 and repetition penalty 1.5."""
+    from w2p.decode import load_config as decode_config
+    from w2p.models.encoder import SpeechEncoder
+    from w2p.train.config import load_config
+
+    conf = os.path.join(LIBRI, "conf")
+    w2p = load_config([os.path.join(conf, "train_wav2prompt.yaml"), os.path.join(conf, "train_wav2prompt_ce.yaml")])
+    assert w2p["model_conf"]["ce_weight"] == 1.0 and w2p["llm"].endswith("bloomz-7b1") and not w2p["preload"]
+    n = sum(p.numel() for p in SpeechEncoder(**w2p["model_conf"]["encoder"]).parameters())
+    assert 90e6 < n < 130e6, n
+    for f in ("train_asr_ctc.yaml", "train_encoder_llm.yaml", "train_wav2prompt_nomse.yaml", "finetune_fewshot.yaml"):
+        c = load_config(os.path.join(conf, f))
+        assert c["model_conf"].get("encoder", w2p["model_conf"]["encoder"]) == w2p["model_conf"]["encoder"], f
+    d = decode_config(os.path.join(conf, "decode.yaml"))
+    assert (d["beam"], d["repetition_penalty"], d["max_utts"], d["device"]) == (5, 1.5, None, "cuda")
+    libri = sh("./run.sh --help", cwd=LIBRI, check=True).stdout
+    assert _help_value(libri, "--nbpe") == "5000" and _help_value(libri, "--llm") == "/path/to/bloomz-7b1"
+    for f in sorted(os.listdir(os.path.join(conf, "tuning"))):  # the smoke set loads too
+        if f.startswith(("train_", "finetune_")):
+            load_config(os.path.join(conf, "tuning", f))
