@@ -395,12 +395,13 @@ def test_librispeech_recipe_stages_0_to_10_on_fixture_corpora(tmp_path):
     """egs/librispeech/w2p1, every stage with the smoke configs, on espeak-ng fixtures in the corpora's own layouts
     and formats (LibriSpeech flac + trans.txt, Europarl-ST m4a recordings + segment lists, SLURP jsonl + flac):
     RESULTS.md gets a row per system and a column per task; SQQA/SQA without a source are skipped with one line."""
+    import sys
     import time
+
+    import yaml
 
     rec = _librispeech_recipe_copy(tmp_path)
     fx = tmp_path / "fixtures"
-    import sys
-
     sh(f"{sys.executable} local/make_fixtures.py --out {fx}", cwd=str(rec), check=True)
     assert (fx / "europarl-st" / "en" / "audios").is_dir()
     env = {"LIBRISPEECH": f"{fx}/LibriSpeech", "EUROPARL_ST": f"{fx}/europarl-st", "SLURP": f"{fx}/slurp",
@@ -409,7 +410,8 @@ def test_librispeech_recipe_stages_0_to_10_on_fixture_corpora(tmp_path):
     p = sh(f"./run.sh --stop_stage 0 {SMOKE}", cwd=str(rec), env=dict(env, EUROPARL_ST=str(tmp_path / "nope")))
     assert p.returncode != 0 and "EUROPARL_ST -> " in p.stderr and "edit db.sh" in p.stderr
     t0 = time.time()
-    p = sh(f"./run.sh --stop_stage 10 {SMOKE}", cwd=str(rec), env=env, check=True, timeout=900)
+    # the timeout only guards against a hang: on a loaded shared machine the run takes several times longer
+    p = sh(f"./run.sh --stop_stage 10 {SMOKE}", cwd=str(rec), env=env, check=True, timeout=1800)
     print(f"stages 0-10: {time.time() - t0:.0f} s")
     out = p.stdout + p.stderr
     for t in ("SQQA", "SQA"):
@@ -422,8 +424,6 @@ def test_librispeech_recipe_stages_0_to_10_on_fixture_corpora(tmp_path):
     for col in ("asr wer", "st bleu", "st_es bleu", "slu intent_acc"):
         assert col in head, col
     assert "sqqa" not in head and "sqa " not in head
-    import yaml
-
     systems = yaml.safe_load((rec / "conf" / "tuning" / "systems_smoke.yaml").read_text())
     lines = res.splitlines()
     i = lines.index(head)
@@ -431,7 +431,7 @@ def test_librispeech_recipe_stages_0_to_10_on_fixture_corpora(tmp_path):
     # every system but the LoRA cascade (trained only with a LoRA few-shot config) has its row
     assert rows == [s["label"] for n, s in systems.items() if "label" in s and n != "cascade_fewshot"]
     assert len((rec / "exp" / "packed" / "smoke.out").read_text().splitlines()) == 2
-    # the five zero-shot systems decoded the En->Es task (stage 6 follows --tasks, not the decode config)
+    # the five zero-shot systems decoded the En->Es task
     assert len(list((rec / "exp").glob("*/decode_st_es_st_es_test/hyp"))) == 5
 
 
