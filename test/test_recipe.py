@@ -1,5 +1,6 @@
 """Recipe shell layer: run.pl / slurm.pl, option parsing, stages 0-2 end to end through run.sh (each recipe's
-local/data.sh), the mini_en corpus generator (w2p.synth)."""
+local/data.sh), the mini_en corpus generator (w2p.synth), stages 6/9 following --tasks / --test_sets, and
+egs/librispeech/w2p1 stages 0-10 on fixture corpora in the real layouts."""
 import os
 import re
 import subprocess
