@@ -400,14 +400,18 @@ def test_librispeech_local_data_prep_maps_recipe_sets(tmp_path):
     os.symlink(os.path.join(cv, "covost_v2.en_fr.test.tsv"), os.path.join(cv, "covost_v2.en_fr.train.tsv"))
     _slurp(sl)
     out = str(tmp_path / "data")
-    args = ["--out", out, "--librispeech", ls, "--covost2", cv, "--slurp", sl,
+    # CoVoST 2 as the ST source; the LibriSpeech fixture skips half its utterances (above the default 0.1)
+    args = ["--out", out, "--librispeech", ls, "--covost2", cv, "--slurp", sl, "--st_corpus", "covost2",
+            "--max_skip_frac", "0.5",
             "--sets", "train", "dev", "test", "st_fewshot", "st_test", "slu_fewshot", "slu_test"]
     assert prepare_data.main(args) == 0
     assert read_kv(os.path.join(out, "st_test", "ref"))["aaaa1111-common_voice_en_1"] == "Où est la gare ?"
     assert open(os.path.join(out, "slu_test", "intents")).read().split() == ["alarm_set", "play_music", "weather_query"]
     with pytest.raises(SystemExit, match=r"COVOST2 -> .*nope.*does not exist"):
         prepare_data.main(args[:5] + [str(tmp_path / "nope")] + args[6:] + ["--check_only"])
-    with pytest.raises(SystemExit, match=r"set 'sqa_test' has no source in the librispeech recipe.*--tasks"):
+    with pytest.raises(SystemExit, match=r"set 'mt_test' has no source in the librispeech recipe.*--tasks"):
+        prepare_data.main(args[:-1] + ["mt_test", "--check_only"])
+    with pytest.raises(SystemExit, match=r"SQA -> '' does not exist \(needed by set sqa_test\)"):
         prepare_data.main(args[:-1] + ["sqa_test", "--check_only"])
 
 

@@ -1,5 +1,6 @@
 """Recipe shell layer: run.pl / slurm.pl, option parsing, stages 0-2 end to end through run.sh (each recipe's
-local/data.sh), the mini_en corpus generator (w2p.synth)."""
+local/data.sh), the mini_en corpus generator (w2p.synth), stages 6/9 following --tasks / --test_sets, and
+egs/librispeech/w2p1 stages 0-10 on fixture corpora in the real layouts."""
 import os
 import re
 import subprocess
@@ -14,9 +15,9 @@ MINI = os.path.join(ROOT, "egs", "mini_en", "w2p1")
 LIBRI = os.path.join(ROOT, "egs", "librispeech", "w2p1")
 
 
-def sh(cmd, cwd=None, env=None, check=False):
+def sh(cmd, cwd=None, env=None, check=False, timeout=300):
     e = dict(os.environ, **(env or {}))
-    p = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=e, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
     if check:
         assert p.returncode == 0, p.stdout + p.stderr
     return p
@@ -91,8 +92,9 @@ def test_help_shows_the_values_the_recipe_passes():
     assert [_help_value(mini, o) for o in ("--nbpe", "--bpe_type", "--nproc", "--ce_config", "--tasks")] == [
         "100", "char", "2", '"conf/train_wav2prompt_ce.yaml"', '"st']
     libri = sh("./run.sh --help", cwd=LIBRI, check=True).stdout
-    assert [_help_value(libri, o) for o in ("--nbpe", "--bpe_type", "--ce_config")] == ["500", "bpe", '""']
-    assert '--tasks "st slu" ' in libri
+    assert [_help_value(libri, o) for o in ("--nbpe", "--bpe_type", "--ce_config")] == [
+        "5000", "bpe", '"conf/train_wav2prompt_ce.yaml"']
+    assert '--tasks "st st_es slu" ' in libri and "--llm /path/to/bloomz-7b1 " in libri
     assert mini.startswith("Usage:") and "Successfully" not in mini  # nothing runs
     # options given before --help count too; the recipe's local/data.sh shows its db.sh corpus dir
     assert _help_value(sh("./run.sh --nbpe 7 --help", cwd=MINI, check=True).stdout, "--nbpe") == "7"
@@ -323,30 +325,43 @@ def test_librispeech_recipe_on_fixture_corpora(tmp_path):
     os.symlink(os.path.join(cv, "covost_v2.en_fr.test.tsv"), os.path.join(cv, "covost_v2.en_fr.train.tsv"))
     _slurp(sl)
     d, u = tmp_path / "data", tmp_path / "dump"
-    base = f"./run.sh --nj 1 --datadir {d} --dumpdir {u} --stop_stage 2"
-    p = sh(base, cwd=LIBRI, env={"LIBRISPEECH": str(tmp_path / "absent"), "COVOST2": cv, "SLURP": sl})
+    # CoVoST 2 as the ST source (ST_CORPUS=covost2), its En->Fr fixture tsv as task st
+    base = f"./run.sh --nj 1 --datadir {d} --dumpdir {u} --stop_stage 2 --tasks 'st slu'"
+    env = {"ST_CORPUS": "covost2", "COVOST2": cv, "SLURP": sl}
+    p = sh(base, cwd=LIBRI, env=dict(env, LIBRISPEECH=str(tmp_path / "absent")))
     assert p.returncode != 0 and "LIBRISPEECH" in p.stderr and "edit db.sh" in p.stderr
-    p = sh(base, cwd=LIBRI, env={"LIBRISPEECH": ls, "COVOST2": cv, "SLURP": sl}, check=True)
+    # the LibriSpeech fixture has 3 bad utterances of 6: more than local/data.sh's default --max_skip_frac 0.1
+    p = sh(base, cwd=LIBRI, env=dict(env, LIBRISPEECH=ls))
+    assert p.returncode != 0 and "LibriSpeech train-clean-100: 3 of 6 utterances would be skipped" in p.stderr
+    assert "utterance 26-495-0003: audio file" in p.stderr.split("Skipped:")[1]
+    p = sh(f"{base} --local_data_opts '--max_skip_frac 0.5'", cwd=LIBRI, env=dict(env, LIBRISPEECH=ls), check=True)
     assert len(_feats(str(u), "train")) == 3 and len(_feats(str(u), "st_test")) == 2
     assert len(_feats(str(u), "slu_fewshot")) == 2 and len(_feats(str(u), "slu_test")) == 1
     assert (u / "fbank" / "slu_test" / "slots").read_text().strip().endswith('{"place_name": "paris"}')
     assert (u / "fbank" / "train" / "cmvn.npz").exists()
 
 
-def test_stage_4_on_slurm_asks_for_ngpu_gpus_on_num_nodes_nodes(tmp_path):
-    """run.sh --ngpu 4 --num_nodes 2 with cmd_backend=slurm: each training job asks sbatch for --gres=gpu:4 on 2
-    nodes (cmd.sh's --gpu 1 overridden), srun starts the trainer once per node with --ngpu 4 --num_nodes 2."""
+def _recording_python(tmp_path, calls, prefix=""):
+    """A stand-in python that records its arguments, after ``prefix`` (shell-expanded), one call a line in
+    ``calls`` (w2p.bin.systems runs for real)."""
     import sys
 
-    calls = tmp_path / "calls"
     fake = tmp_path / "python"
     fake.write_text(f"""#!/usr/bin/env bash
 case "$2" in
   w2p.bin.systems) exec {sys.executable} "$@" ;;
-  *) echo "node ${{SLURM_NODEID:-none}} $*" >> {calls} ;;
+  *) echo "{prefix}$*" >> {calls} ;;
 esac
 """)
     fake.chmod(0o755)
+    return fake
+
+
+def test_stage_4_on_slurm_asks_for_ngpu_gpus_on_num_nodes_nodes(tmp_path):
+    """run.sh --ngpu 4 --num_nodes 2 with cmd_backend=slurm: each training job asks sbatch for --gres=gpu:4 on 2
+    nodes (cmd.sh's --gpu 1 overridden), srun starts the trainer once per node with --ngpu 4 --num_nodes 2."""
+    calls = tmp_path / "calls"
+    fake = _recording_python(tmp_path, calls, prefix="node ${SLURM_NODEID:-none} ")
     env = dict(fake_slurm(tmp_path), cmd_backend="slurm")
     sh(f"./run.sh --stage 4 --stop_stage 4 --ngpu 4 --num_nodes 2 --python {fake} --expdir {tmp_path}/exp "
        f"--dumpdir {tmp_path}/dump", cwd=MINI, env=env, check=True)
@@ -357,3 +372,122 @@ esac
     train = [x for x in calls.read_text().splitlines() if "w2p.bin.train" in x]
     assert sorted(x.split()[1] for x in train) == ["0", "0", "1", "1"]  # each job: once on each node
     assert all("--ngpu 4 --num_nodes 2" in x for x in train)
+
+
+def test_stages_6_and_9_decode_and_score_the_tasks_and_test_sets_given(tmp_path):
+    """--tasks and --test_sets decide what stages 6 and 9 decode and score (task T on T_test, ASR on each test set),
+    whatever the decode config lists."""
+    calls = tmp_path / "calls"
+    fake = _recording_python(tmp_path, calls)
+    base = (f"./run.sh --stage 6 --stop_stage 9 --python {fake} --expdir {tmp_path}/exp --dumpdir {tmp_path}/dump "
+            "--systems_config conf/tuning/systems_smoke.yaml --decode_config conf/tuning/decode_smoke.yaml")
+
+    def run(opts):
+        calls.write_text("")
+        sh(f"{base} {opts}", cwd=LIBRI, check=True, env={"SQQA": "", "SQA": ""})
+        lines = [x.split() for x in calls.read_text().splitlines() if "validate_data_dir" not in x]
+        return ([x for x in lines if "w2p.bin.decode" in x and "--systems" not in x],
+                [x for x in lines if "w2p.bin.score" in x])
+
+    def opts_of(words):
+        return {w: words[i + 1] for i, w in enumerate(words) if w.startswith("--tasks")}
+
+    dec, score = run("--tasks 'st_de sqqa' --test_sets 'test other'")
+    sets = {"--tasks.st_de": "st_de_test", "--tasks.sqqa": "sqqa_test"}
+    assert [opts_of(x) for x in dec] == [dict(sets, **{"--tasks": "asr,st_de,sqqa", "--tasks.asr": "test"}),
+                                         dict(sets, **{"--tasks": "asr", "--tasks.asr": "other"})]
+    assert len(score) == 1 and opts_of(score[0]) == dict(sets, **{"--tasks": "asr,st_de,sqqa", "--tasks.asr": "test"})
+    assert " ".join(score[0]).count("--asr_sets test other") == 1
+    dec, score = run("--tasks slu --test_sets ''")  # no ASR test set: the tasks only
+    assert [opts_of(x) for x in dec] == [{"--tasks": "slu", "--tasks.slu": "slu_test"}]
+    assert opts_of(score[0]) == {"--tasks": "slu", "--tasks.slu": "slu_test"}
+
+
+def _librispeech_recipe_copy(tmp_path):
+    """The recipe dir copied under <tmp>/egs/librispeech/w2p1 (RESULTS.md, images/, data/, exp/ are written there),
+    with the repo's tools/ and egs/TEMPLATE/ linked in, as path.sh and the utils/ links expect."""
+    import shutil
+
+    root = tmp_path / "repo"
+    (root / "egs").mkdir(parents=True)
+    os.symlink(os.path.join(ROOT, "tools"), root / "tools")
+    os.symlink(os.path.join(ROOT, "egs", "TEMPLATE"), root / "egs" / "TEMPLATE")
+    rec = root / "egs" / "librispeech" / "w2p1"
+    shutil.copytree(LIBRI, rec, symlinks=True,
+                    ignore=shutil.ignore_patterns("data", "dump", "exp", "RESULTS.md", "images", "downloads"))
+    return rec
+
+
+SMOKE = ("--llm smollm2-135m --ngpu 0 --nproc 2 --nj 2 --nbpe 60 --bpe_type char "
+         "--systems_config conf/tuning/systems_smoke.yaml --train_config conf/tuning/train_wav2prompt_smoke.yaml "
+         "--ce_config conf/tuning/train_wav2prompt_ce_smoke.yaml "
+         "--fewshot_config conf/tuning/finetune_fewshot_smoke.yaml --decode_config conf/tuning/decode_smoke.yaml")
+
+
+def test_librispeech_recipe_stages_0_to_10_on_fixture_corpora(tmp_path):
+    """egs/librispeech/w2p1, every stage with the smoke configs, on espeak-ng fixtures in the corpora's own layouts
+    and formats (LibriSpeech flac + trans.txt, Europarl-ST m4a recordings + segment lists, SLURP jsonl + flac):
+    RESULTS.md gets a row per system and a column per task; SQQA/SQA without a source are skipped with one line."""
+    import sys
+    import time
+
+    import yaml
+
+    rec = _librispeech_recipe_copy(tmp_path)
+    fx = tmp_path / "fixtures"
+    sh(f"{sys.executable} local/make_fixtures.py --out {fx}", cwd=str(rec), check=True)
+    assert (fx / "europarl-st" / "en" / "audios").is_dir()
+    env = {"LIBRISPEECH": f"{fx}/LibriSpeech", "EUROPARL_ST": f"{fx}/europarl-st", "SLURP": f"{fx}/slurp",
+           "SQQA": "", "SQA": ""}
+    # a wrong path stops stage 0 naming the db.sh variable
+    p = sh(f"./run.sh --stop_stage 0 {SMOKE}", cwd=str(rec), env=dict(env, EUROPARL_ST=str(tmp_path / "nope")))
+    assert p.returncode != 0 and "EUROPARL_ST -> " in p.stderr and "edit db.sh" in p.stderr
+    t0 = time.time()
+    # the timeout only guards against a hang: on a loaded shared machine the run takes several times longer
+    p = sh(f"./run.sh --stop_stage 10 {SMOKE}", cwd=str(rec), env=env, check=True, timeout=1800)
+    print(f"stages 0-10: {time.time() - t0:.0f} s")
+    out = p.stdout + p.stderr
+    for t in ("SQQA", "SQA"):
+        assert out.count(f"{t} is not set in db.sh: task {t.lower()} skipped") == 1
+    # the fixture's mis-timed Europarl-ST segment is skipped, naming utterance and recording
+    assert re.search(r"skipping: utterance en\.\S+_0003000-0003350: mis-timed segment 30\.00-33\.50 s .*\.m4a", out)
+    assert "Successfully finished" in p.stdout
+    res = (rec / "RESULTS.md").read_text()
+    head = next(x for x in res.splitlines() if x.startswith("| system |"))
+    for col in ("asr wer", "st bleu", "st_es bleu", "slu intent_acc"):
+        assert col in head, col
+    assert "sqqa" not in head and "sqa " not in head
+    systems = yaml.safe_load((rec / "conf" / "tuning" / "systems_smoke.yaml").read_text())
+    lines = res.splitlines()
+    i = lines.index(head)
+    rows = [x.split("|")[1].strip() for x in lines[i + 2:lines.index("", i)]]
+    # every system but the LoRA cascade (trained only with a LoRA few-shot config) has its row
+    assert rows == [s["label"] for n, s in systems.items() if "label" in s and n != "cascade_fewshot"]
+    assert len((rec / "exp" / "packed" / "smoke.out").read_text().splitlines()) == 2
+    # the five zero-shot systems and the few-shot one decoded the En->Es task
+    assert sorted(p.parent.parent.name for p in (rec / "exp").glob("*/decode_st_es_st_es_test/hyp")) == [
+        "cascade", "encoder_llm", "gold", "wav2prompt", "wav2prompt_fewshot", "wav2prompt_nomse"]
+
+
+def test_librispeech_paper_scale_configs():
+    """The configs run.sh names load through the one config loader and are sized as the paper's setting: a ~100M
+    Conformer, CTC over run.sh's 5000-unit BPE, a 7B LLM given by path, beam 5 and repetition penalty 1.5."""
+    from w2p.decode import load_config as decode_config
+    from w2p.models.encoder import SpeechEncoder
+    from w2p.train.config import load_config
+
+    conf = os.path.join(LIBRI, "conf")
+    w2p = load_config([os.path.join(conf, "train_wav2prompt.yaml"), os.path.join(conf, "train_wav2prompt_ce.yaml")])
+    assert w2p["model_conf"]["ce_weight"] == 1.0 and w2p["llm"].endswith("bloomz-7b1") and not w2p["preload"]
+    n = sum(p.numel() for p in SpeechEncoder(**w2p["model_conf"]["encoder"]).parameters())
+    assert 90e6 < n < 130e6, n
+    for f in ("train_asr_ctc.yaml", "train_encoder_llm.yaml", "train_wav2prompt_nomse.yaml", "finetune_fewshot.yaml"):
+        c = load_config(os.path.join(conf, f))
+        assert c["model_conf"].get("encoder", w2p["model_conf"]["encoder"]) == w2p["model_conf"]["encoder"], f
+    d = decode_config(os.path.join(conf, "decode.yaml"))
+    assert (d["beam"], d["repetition_penalty"], d["max_utts"], d["device"]) == (5, 1.5, None, "cuda")
+    libri = sh("./run.sh --help", cwd=LIBRI, check=True).stdout
+    assert _help_value(libri, "--nbpe") == "5000" and _help_value(libri, "--llm") == "/path/to/bloomz-7b1"
+    for f in sorted(os.listdir(os.path.join(conf, "tuning"))):  # the smoke set loads too
+        if f.startswith(("train_", "finetune_")):
+            load_config(os.path.join(conf, "tuning", f))

@@ -31,7 +31,8 @@ def test_recipe_systems_files(recipe):
         p = os.path.join(RECIPES[recipe], "conf", key)
         if os.path.isfile(p):
             conf = yaml.safe_load(open(p))
-            assert "systems" not in conf and set(conf["tasks"]) == set(TASKS)
+            # the default task map (w2p.sh passes --tasks.<task> <task>_test): tasks of w2p.tasks, ASR included
+            assert "systems" not in conf and "asr" in conf["tasks"] and set(conf["tasks"]) <= set(TASKS)
 
 
 def test_stage_lines_are_what_w2p_sh_trains(monkeypatch, capsys):
@@ -48,9 +49,16 @@ def test_stage_lines_are_what_w2p_sh_trains(monkeypatch, capsys):
         "cascade_fewshot --fewshot_config asr_ctc - --only_with_lora"]
     assert S.main(["conf/systems.yaml", "--stage", "7", "--names"]) == 0
     assert capsys.readouterr().out.split() == ["wav2prompt_fewshot", "wav2prompt_fewshot_nomse", "cascade_fewshot"]
-    monkeypatch.chdir(RECIPES["librispeech"])  # its training configs are not written yet: a clear error
-    assert S.main(["conf/systems.yaml", "--stage", "5"]) == 1
-    assert "system 'asr_ctc': config conf/train_asr_ctc.yaml not found" in capsys.readouterr().err
+    monkeypatch.chdir(RECIPES["librispeech"])  # paper-scale configs, and the smoke list naming the smoke ones
+    assert S.main(["conf/systems.yaml", "--stage", "5"]) == 0
+    assert [x.split()[1] for x in capsys.readouterr().out.splitlines()] == [
+        "conf/train_asr_ctc.yaml", "conf/train_encoder_llm.yaml", "conf/train_wav2prompt_nomse.yaml"]
+    assert S.main(["conf/tuning/systems_smoke.yaml", "--stage", "5"]) == 0
+    assert [x.split()[1] for x in capsys.readouterr().out.splitlines()] == [
+        "conf/tuning/train_asr_ctc_smoke.yaml", "conf/tuning/train_encoder_llm_smoke.yaml",
+        "conf/tuning/train_wav2prompt_nomse_smoke.yaml"]
+    monkeypatch.chdir(RECIPES["mini_en"])
+    assert S.main(["conf/nope.yaml", "--stage", "5"]) == 1 and "nope.yaml" in capsys.readouterr().err
 
 
 def test_decode_specs_derive_every_dir_from_the_name():

@@ -6,7 +6,9 @@ from w2p.tasks import (TASKS, canonical_intent, check_template, get_task, intent
 
 
 def test_every_task_has_one_speech_slot_and_declared_fields():
-    assert set(TASKS) == {"asr", "st", "slu", "sqqa", "sqa"}
+    assert set(TASKS) == {"asr", "st", "st_es", "st_de", "slu", "sqqa", "sqa"}
+    for t, lang in (("st", "French"), ("st_es", "Spanish"), ("st_de", "German")):  # one ST task per target language
+        assert TASKS[t].template == f"Translate into {lang}: {{speech}}" and TASKS[t].metrics == ("bleu", "chrf")
     for t in TASKS.values():
         names = template_fields(t.template)
         assert names.count("speech") == 1, t.name

@@ -15,7 +15,7 @@ import json
 import os
 
 from w2p.io import git_commit, read_kv, write_atomic
-from w2p.tasks import canonical_intent, get_task, normalize_answer, normalize_transcript
+from w2p.tasks import TASKS, canonical_intent, get_task, normalize_answer, normalize_transcript
 
 
 # -- metrics ----------------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def results_markdown(results: dict[str, dict[str, dict]], *, system_labels: dict
     """results[system][task] = scores dict. One table: rows = systems, columns = task metrics."""
     labels = system_labels or {}
     cols: list[tuple[str, str]] = []
-    for task in ("asr", "st", "slu", "sqqa", "sqa"):
+    for task in TASKS:  # column order: w2p.tasks.TASKS
         if any(task in r for r in results.values()):
             cols += [(task, m) for m in get_task(task).metrics]
     lines = ["# Results", "",
@@ -151,7 +151,7 @@ def results_markdown(results: dict[str, dict[str, dict]], *, system_labels: dict
         rtfs = [s["rtf"] for s in per_task.values() if "rtf" in s]
         row.append(_fmt(round(sum(rtfs) / len(rtfs), 4)) if rtfs else "–")
         lines.append("| " + " | ".join(row) + " |")
-    echo_tasks = [t for t in ("st", "slu", "sqqa", "sqa") if any("echo" in r.get(t, {}) for r in results.values())]
+    echo_tasks = [t for t in TASKS if t != "asr" and any("echo" in r.get(t, {}) for r in results.values())]
     if echo_tasks:
         lines += ["", "Instruction following: % of answers that merely repeat the spoken input (WER ≤ 30 % against "
                   "its transcript; lower is better on non-ASR tasks):", "",

@@ -55,6 +55,12 @@ TASKS: dict[str, Task] = {
                 description="repeat the spoken sentence (speech recognition)"),
     "st": Task("st", "Translate into French: {speech}", max_new_tokens=40, metrics=("bleu", "chrf"),
                description="translate the spoken English sentence into French"),
+    # the paper's second ST direction (Europarl-ST En->Es); same wording as st
+    "st_es": Task("st_es", "Translate into Spanish: {speech}", max_new_tokens=40, metrics=("bleu", "chrf"),
+                  description="translate the spoken English sentence into Spanish"),
+    # CoVoST 2 has no En->Fr/Es; its En->De is the ST task a CoVoST-only setup can run
+    "st_de": Task("st_de", "Translate into German: {speech}", max_new_tokens=40, metrics=("bleu", "chrf"),
+                  description="translate the spoken English sentence into German"),
     "slu": Task("slu", "Classify the intent of this command: {speech}\nIntents: {intents}.\n"
                 "Answer with the intent name only.", fields=("intents",), mode="choice", max_new_tokens=8,
                 metrics=("intent_acc",), description="pick the intent of a spoken command from the listed set"),

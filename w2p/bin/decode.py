@@ -32,7 +32,9 @@ def main(argv=None) -> int:
     p.add_argument("--expdir", default="exp", help="with --systems_config: system X lives in <expdir>/X")
     p.add_argument("--dump_dir", default="dump/fbank", help="parent of the <set> feature dirs")
     p.add_argument("--systems", default=None, help="comma-separated subset of the systems")
-    p.add_argument("--tasks", default=None, help="comma-separated subset of asr,st,slu,sqqa,sqa")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated tasks of w2p.tasks (asr, st, st_es, st_de, slu, sqqa, sqa); a task's test "
+                        "set: the config's tasks map, or --tasks.<task> <set>")
     p.add_argument("--llm", default=None, help="frozen LLM source (overrides the config)")
     p.add_argument("--skip_missing", action="store_true",
                    help="skip (with a warning) systems whose trained model is missing instead of failing")

@@ -30,6 +30,12 @@ def main(argv=None) -> int:
     p.add_argument("--plot_utts", type=int, default=3)
     p.add_argument("--no_plots", action="store_true")
     p.add_argument("--skip_missing", action="store_true", help="leave systems without decode dirs out of the table")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated tasks to score (default: the config's); set a task's test set with "
+                        "--tasks.<task> <set>")
+    p.add_argument("--asr_sets", default="",
+                   help="space-separated ASR test sets: the first is the table's asr column (--tasks.asr), every "
+                        "set gets a row in a per-set WER table")
     args, extra = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -39,6 +45,13 @@ def main(argv=None) -> int:
     from w2p.score import results_markdown, score_decode_dir
 
     conf = load_config(args.config, extra)
+    if args.tasks is not None:
+        want = [t for t in args.tasks.split(",") if t]
+        unmapped = [t for t in want if t not in conf["tasks"]]
+        if unmapped:
+            raise SystemExit(f"task(s) {', '.join(unmapped)} have no test set: pass --tasks.<task> <set> or list them "
+                             f"in the config's tasks ({conf['tasks']})")
+        conf["tasks"] = {t: conf["tasks"][t] for t in want}
     conf["systems"] = systems_of(conf, args.systems_config, args.expdir)
     results: dict[str, dict] = {}
     for name, spec in conf["systems"].items():
@@ -86,10 +99,30 @@ def main(argv=None) -> int:
         "has no speech model.",
     ]
     labels = {n: s.get("label") or n for n, s in conf["systems"].items()}
+    asr_sets = args.asr_sets.split()
+    if len(asr_sets) > 1:
+        notes.append(_asr_sets_table(conf, asr_sets, labels))
     md = results_markdown(results, system_labels=labels, config=cfg, figures=figures, notes=notes)
     write_atomic(args.out, md)
     print(md)
     return 0
+
+
+def _asr_sets_table(conf: dict, asr_sets: list[str], labels: dict) -> str:
+    """A markdown table: WER of every system decoded on each ASR test set (decode_asr_<set>)."""
+    from w2p.decode import out_dir_of
+    from w2p.score import score_decode_dir
+
+    rows = ["ASR WER ↓ on every test set:", "", "| system | " + " | ".join(asr_sets) + " |",
+            "|" + "---|" * (len(asr_sets) + 1)]
+    for name, spec in conf["systems"].items():
+        cells = []
+        for s in asr_sets:
+            d = os.path.join(out_dir_of(spec, name), f"decode_asr_{s}")
+            cells.append(str(score_decode_dir(d, "asr")["wer"]) if os.path.isfile(os.path.join(d, "hyp")) else "–")
+        if any(c != "–" for c in cells):
+            rows.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def _plots(conf: dict, args) -> list[str]:

@@ -19,6 +19,51 @@ class AudioError(ValueError):
     """A bad audio file; the message names the utterance, the file and the fix."""
 
 
+# containers libsndfile cannot read (AAC in MP4, e.g. Europarl-ST's m4a): decoded through ffmpeg
+FFMPEG_EXTS = (".m4a", ".mp4", ".aac", ".webm")
+# the ffmpeg demuxers decode_ffmpeg allows (webm/opus from browsers, mp3, m4a/mp4, ogg, aac, wav, flac)
+FFMPEG_DEMUXERS = "matroska,webm,ogg,mp3,wav,flac,mov,mp4,m4a,3gp,aac"
+FFMPEG_FIX = ("install ffmpeg: 'apt-get install ffmpeg' (tools/install.sh does it when run as root), or "
+              "'pip install imageio-ffmpeg' (a wheel that bundles a static ffmpeg)")
+
+
+def ffmpeg_exe() -> str | None:
+    """The ffmpeg binary: on PATH, else the one bundled by the imageio-ffmpeg wheel; None when neither exists."""
+    import shutil
+
+    exe = shutil.which("ffmpeg")
+    if exe:
+        return exe
+    try:
+        import imageio_ffmpeg  # optional wheel with a static ffmpeg
+    except ImportError:
+        return None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def decode_ffmpeg(path: str, *, sr: int = 16000, utt: str | None = None) -> np.ndarray:
+    """Whole file -> mono float32 at ``sr`` through ffmpeg (its own resampler); AudioError naming the file and the
+    fix when ffmpeg is missing or cannot decode it."""
+    import subprocess
+
+    exe = ffmpeg_exe()
+    if exe is None:
+        raise AudioError(f"{_where(path, utt)}: decoding {os.path.splitext(path)[1]} audio needs ffmpeg, which is "
+                         f"not installed. Fix: {FFMPEG_FIX}.")
+    if not os.path.isfile(path):
+        raise AudioError(f"{_where(path, utt)}: audio file does not exist. Fix: check the corpus path in db.sh.")
+    # only audio containers and local files: a playlist (hls, concat) would make ffmpeg read other files or URLs
+    cmd = [exe, "-nostdin", "-hide_banner", "-v", "error", "-xerror", "-protocol_whitelist", "file",
+           "-format_whitelist", FFMPEG_DEMUXERS, "-i", path, "-vn", "-map", "0:a:0", "-ac", "1", "-ar", str(sr),
+           "-f", "f32le", "-"]
+    p = subprocess.run(cmd, capture_output=True, timeout=600)
+    if p.returncode != 0:
+        err = p.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise AudioError(f"{_where(path, utt)}: ffmpeg cannot decode it ({err[-1] if err else p.returncode}). "
+                         "The file is corrupt or not audio.")
+    return np.frombuffer(p.stdout, dtype="<f4").astype(np.float32)
+
+
 def _where(path: str, utt: str | None) -> str:
     return (f"utterance {utt!r}, " if utt else "") + f"file {path!r}"
 
@@ -97,15 +142,17 @@ def load_audio(path: str, *, target_sr: int = 16000, resample_ok: bool = True, u
         raise AudioError(f"{_where(path, utt)}: empty (zero-byte) audio file. Fix: re-create or drop it.")
     if path.lower().endswith(".wav"):
         _check_wav_truncation(path, utt)
-    try:
-        x, sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError/TypeError depending on the damage
-        hint = ""
-        if path.lower().endswith(".mp3") and "MP3" not in sf.available_formats():
-            hint = (" Your libsndfile cannot decode mp3: install soundfile>=0.12 (bundles libsndfile>=1.1) or convert "
-                    "with sox/ffmpeg.")
-        raise AudioError(f"{_where(path, utt)}: cannot decode audio ({e}). The file is corrupt or not audio.{hint}") \
-            from e
+    if os.path.splitext(path)[1].lower() in FFMPEG_EXTS:
+        # libsndfile has no AAC/MP4 decoder: ffmpeg decodes (and resamples) these
+        x, sr = decode_ffmpeg(path, sr=target_sr, utt=utt)[:, None], target_sr
+    else:
+        x, sr = _read_sndfile(path, utt)
+    return checked_mono(x, sr, path, utt, target_sr, resample_ok, min_samples)
+
+
+def checked_mono(x: np.ndarray, sr: int, path: str, utt: str | None, target_sr: int, resample_ok: bool,
+                  min_samples: int) -> np.ndarray:
+    """Decoded (samples x channels) audio as load_audio returns it: mono, long enough, finite, at target_sr."""
     x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     if len(x) < min_samples:
         raise AudioError(f"{_where(path, utt)}: audio too short ({len(x)} samples at {sr} Hz; need >= "
@@ -122,6 +169,20 @@ def load_audio(path: str, *, target_sr: int = 16000, resample_ok: bool = True, u
                              f"Fix: enable resampling (--resample true) or convert: sox in.wav -r {target_sr} out.wav")
         x = resample(x, sr, target_sr).astype(np.float32)
     return x
+
+
+def _read_sndfile(path: str, utt: str | None):
+    """(samples x channels float32, sample rate) through libsndfile, or an AudioError naming the file."""
+    try:
+        x, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile raises LibsndfileError/RuntimeError/TypeError depending on the damage
+        hint = ""
+        if path.lower().endswith(".mp3") and "MP3" not in sf.available_formats():
+            hint = (" Your libsndfile cannot decode mp3: install soundfile>=0.12 (bundles libsndfile>=1.1) or convert "
+                    "with sox/ffmpeg.")
+        raise AudioError(f"{_where(path, utt)}: cannot decode audio ({e}). The file is corrupt or not audio.{hint}") \
+            from e
+    return x, sr
 
 
 def _segment_bounds(path: str, start: float, end: float, sr: int, frames: int, utt: str | None) -> tuple[int, int]:
@@ -176,18 +237,7 @@ def load_segment(path: str, start: float, end: float, *, target_sr: int = 16000,
         raise
     except Exception as e:
         raise AudioError(f"{_where(path, utt)}: cannot decode audio ({e}). The file is corrupt or not audio.") from e
-    x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
-    if len(x) < min_samples:
-        raise AudioError(f"{_where(path, utt)}: segment too short ({len(x)} samples at {sr} Hz; need >= "
-                         f"{min_samples}). Fix: drop this utterance.")
-    if not np.isfinite(x).all():
-        raise AudioError(f"{_where(path, utt)}: audio contains NaN/inf samples. Fix: re-create the file.")
-    if sr != target_sr:
-        if not resample_ok:
-            raise AudioError(f"{_where(path, utt)}: sample rate {sr} Hz != {target_sr} Hz and resampling is off. "
-                             f"Fix: enable resampling (--resample true) or convert the file to {target_sr} Hz")
-        x = resample(x, sr, target_sr).astype(np.float32)
-    return x
+    return checked_mono(x, sr, path, utt, target_sr, resample_ok, min_samples)
 
 
 def write_wav_atomic(path: str, x: np.ndarray, sr: int = 16000) -> None:

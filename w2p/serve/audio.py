@@ -6,36 +6,17 @@ NaN/inf); anything soundfile cannot read (the browser recorder's webm/opus, m4a.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import tempfile
 
 import numpy as np
 
-from w2p.data.audio import AudioError, load_audio
+from w2p.data.audio import AudioError, checked_mono, decode_ffmpeg, load_audio
 
 SAMPLE_RATE = 16000
-# ffmpeg demuxers the server accepts (webm/opus from browsers, mp3, m4a/mp4, ogg, aac, wav, flac)
-AUDIO_DEMUXERS = "matroska,webm,ogg,mp3,wav,flac,mov,mp4,m4a,3gp,aac"
 
 
 class AudioDecodeError(ValueError):
     """The bytes are not audio, or a damaged/truncated file."""
-
-
-def _ffmpeg_to_wav(src: str, dst: str) -> None:
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        raise AudioDecodeError("this audio format needs ffmpeg, which is not installed on the server (apt-get "
-                               "install ffmpeg); or send WAV/FLAC")
-    # only audio containers: a playlist (hls, concat) could make ffmpeg read other files or URLs on our behalf
-    p = subprocess.run([exe, "-nostdin", "-hide_banner", "-v", "error", "-xerror", "-protocol_whitelist", "file",
-                        "-format_whitelist", AUDIO_DEMUXERS, "-i", src, "-vn", "-ac", "1",
-                        "-ar", str(SAMPLE_RATE), "-c:a", "pcm_s16le", "-f", "wav", "-y", dst],
-                       capture_output=True, text=True, timeout=120)
-    if p.returncode != 0 or not os.path.isfile(dst) or os.path.getsize(dst) <= 44:
-        msg = (p.stderr.strip().splitlines() or ["no audio stream"])[-1]
-        raise AudioDecodeError(f"not decodable audio ({msg})")
 
 
 def decode_audio(data: bytes, name: str = "audio") -> np.ndarray:
@@ -53,13 +34,12 @@ def decode_audio(data: bytes, name: str = "audio") -> np.ndarray:
             msg = str(e).replace(src, name)
             if data[:4] == b"RIFF" or "cannot decode" not in msg:  # a damaged WAV, too short, NaN: say so
                 raise AudioDecodeError(msg) from None
-        dst = os.path.join(tmp, "dec.wav")
         try:
-            _ffmpeg_to_wav(src, dst)
-        except AudioDecodeError as e:
-            e = str(e).replace(src, name).replace(tmp + os.sep, "")
-            raise AudioDecodeError(f"{name}: {e}; send WAV, FLAC, MP3, OGG or WebM audio") from None
-        try:
-            return load_audio(dst, target_sr=SAMPLE_RATE, resample_ok=False)
+            x = decode_ffmpeg(src, sr=SAMPLE_RATE)
         except AudioError as e:
-            raise AudioDecodeError(str(e).replace(dst, name)) from None
+            raise AudioDecodeError(f"{name}: not decodable audio ({str(e).replace(repr(src), repr(name))}); send "
+                                   "WAV, FLAC, MP3, OGG or WebM audio") from None
+        try:
+            return checked_mono(x[:, None], SAMPLE_RATE, name, None, SAMPLE_RATE, False, 400)
+        except AudioError as e:
+            raise AudioDecodeError(str(e)) from None

@@ -100,8 +100,10 @@ log "${cmdline}"
 # shellcheck disable=SC1091
 . ./cmd.sh
 
-task_sets=""
-for t in ${tasks}; do task_sets+="${t}_fewshot ${t}_test "; done
+task_sets=""; task_tests=""; task_map=""
+for t in ${tasks}; do task_sets+="${t}_fewshot ${t}_test "; task_tests+="${t}_test "; task_map+="--tasks.${t} ${t}_test "; done
+# shellcheck disable=SC2086
+task_csv=$(echo ${tasks} | tr " " ,)   # stages 6 and 9: the --tasks list for w2p.bin.decode / w2p.bin.score
 asr_sets="${train_set} ${valid_set} ${test_sets}"
 all_sets="${asr_sets} ${task_sets}"
 data_sets=${all_sets}  # what stage 1 writes
@@ -257,13 +259,32 @@ fi
 
 # ============================================================================ Stage 6: zero-shot decoding
 if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
-  log "Stage 6: zero-shot decoding of every system of ${systems_config} on ${task_sets}${test_sets}"
+  log "Stage 6: zero-shot decoding of every system of ${systems_config}: tasks '${tasks}' (task T on T_test)," \
+    "ASR on '${test_sets}'"
   # shellcheck disable=SC2046
-  validate dump "run stage 2 first" $(prefixed ${fbankdir} ${test_sets} ${task_sets})
-  # tasks, beam, utterance caps: ${decode_config}; systems: ${systems_config} (all but the few-shot ones)
-  ${decode_cmd} ${expdir}/decode/log/decode.log ${python} -m w2p.bin.decode --config ${decode_config} \
-    --systems_config ${systems_config} --expdir ${expdir} --dump_dir ${fbankdir} --llm ${llm} \
-    --num_threads ${nproc} --device ${device}
+  validate dump "run stage 2 first" $(prefixed ${fbankdir} ${test_sets} ${task_tests})
+  # beam, caps: ${decode_config}; systems: ${systems_config} (all but the few-shot ones); which tasks and sets:
+  # --tasks / --test_sets (${decode_config}'s own task list is only the default of w2p.bin.decode run by hand).
+  # The first ASR test set is decoded with the tasks (one LLM load), every further one on its own.
+  decode_zero() {
+    local logname=$1 tlist=$2; shift 2
+    # shellcheck disable=SC2086
+    ${decode_cmd} ${expdir}/decode/log/${logname}.log ${python} -m w2p.bin.decode --config ${decode_config} \
+      --systems_config ${systems_config} --expdir ${expdir} --dump_dir ${fbankdir} --llm ${llm} \
+      --num_threads ${nproc} --device ${device} --tasks ${tlist} ${task_map} "$@"
+  }
+  if [ -z "${test_sets// /}" ]; then
+    [ -z "${tasks// /}" ] || decode_zero decode "${task_csv}"
+  else
+    first=true
+    for s in ${test_sets}; do
+      if ${first}; then
+        decode_zero decode "asr${task_csv:+,${task_csv}}" --tasks.asr ${s}; first=false
+      else
+        decode_zero decode_asr_${s} asr --tasks.asr ${s}
+      fi
+    done
+  fi
 fi
 
 # ============================================================================ Stage 7: few-shot fine-tuning
@@ -306,7 +327,7 @@ if [ ${stage} -le 8 ] && [ ${stop_stage} -ge 8 ]; then
       [ -f ${expdir}/${name}/${t}/model.pt ] || continue
       log "  decode ${name}/${t} on ${t}_test"
       ${decode_cmd} ${expdir}/${name}/log/decode_${t}.log ${python} -m w2p.bin.decode --config ${decode_config} \
-        --systems_config ${systems_config} --expdir ${expdir} --systems ${name} --tasks ${t} \
+        --systems_config ${systems_config} --expdir ${expdir} --systems ${name} --tasks ${t} --tasks.${t} ${t}_test \
         --dump_dir ${fbankdir} --llm ${llm} --num_threads ${nproc} --device ${device} --calibrate false
     done
   done
@@ -314,10 +335,18 @@ fi
 
 # ============================================================================ Stage 9: scoring
 if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
-  log "Stage 9: scoring -> RESULTS.md (+ images/cif_alignment.png, images/training_curves.png)"
-  # every decoded system of ${systems_config}, in its order and with its label; those not decoded are left out
+  log "Stage 9: scoring of tasks '${tasks}' and ASR on '${test_sets}' -> RESULTS.md (+ images/cif_alignment.png," \
+    "images/training_curves.png)"
+  # every decoded system of ${systems_config}, in its order and with its label; those not decoded are left out.
+  # The columns are --tasks (+ ASR on the first --test_sets set; the others get a table of their own).
+  score_tasks=${task_csv}; asr_opt=""
+  if [ -n "${test_sets// /}" ]; then
+    score_tasks="asr${task_csv:+,${task_csv}}"; asr_opt="--tasks.asr ${test_sets%% *}"
+  fi
+  # shellcheck disable=SC2086
   ${python} -m w2p.bin.score --config ${decode_config} --systems_config ${systems_config} --expdir ${expdir} \
-    --dump_dir ${fbankdir} --llm ${llm} --out RESULTS.md --image_dir images --skip_missing
+    --dump_dir ${fbankdir} --llm ${llm} --out RESULTS.md --image_dir images --skip_missing \
+    --tasks "${score_tasks}" --asr_sets "${test_sets}" ${task_map} ${asr_opt}
 fi
 
 # ============================================================================ Stage 10: pack model

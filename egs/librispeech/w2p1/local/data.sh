@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Corpus preparation of egs/librispeech (w2p.sh stages 0 and 1 call it with --stage N --stop_stage N):
 #   stage 0: check that the local corpora named in db.sh exist (the error names the variable to fix);
-#   stage 1: Kaldi-style ${datadir}/<set>/ from LibriSpeech, CoVoST 2 and SLURP (local/data_prep.py maps the sets).
+#   stage 1: Kaldi-style ${datadir}/<set>/ from LibriSpeech, Europarl-ST or CoVoST 2, SLURP and the optional
+#            spoken-QA sources (local/data_prep.py maps the sets; README "Local corpora").
 set -e
 set -u
 set -o pipefail
@@ -22,15 +23,19 @@ nj=1
 seed=0
 max_utts=0           # cap every set (0 = all; for quick tests)
 datadir=data
-sets="train dev test st_fewshot st_test slu_fewshot slu_test"
+sets="train dev test st_fewshot st_test st_es_fewshot st_es_test slu_fewshot slu_test"
 python=python
 fewshot_utts=300     # utterances of each <task>_fewshot set
+train_subsets="train-clean-100"   # LibriSpeech training subsets; 960 h: "train-clean-100 train-clean-360 train-other-500"
+max_skip_frac=0.1    # a set that would skip more than this fraction of its utterances stops with the list
 
 usage() {
   echo "Usage: $0 [--stage ${stage}] [--stop_stage ${stop_stage}] [--max_utts ${max_utts}] [--datadir ${datadir}]"
   echo "       [--sets \"${sets}\"] [--fewshot_utts ${fewshot_utts}] [--python ${python}]"
-  echo "Corpus paths come from db.sh: LIBRISPEECH=${LIBRISPEECH} COVOST2=${COVOST2} COVOST2_CLIPS=${COVOST2_CLIPS}"
-  echo "  SLURP=${SLURP} SLURP_AUDIO=${SLURP_AUDIO}"
+  echo "       [--train_subsets \"${train_subsets}\"] [--max_skip_frac ${max_skip_frac}]"
+  echo "Corpus paths come from db.sh: LIBRISPEECH=${LIBRISPEECH} ST_CORPUS=${ST_CORPUS} EUROPARL_ST=${EUROPARL_ST}"
+  echo "  COVOST2=${COVOST2} COVOST2_CLIPS=${COVOST2_CLIPS} SLURP=${SLURP} SLURP_AUDIO=${SLURP_AUDIO}"
+  echo "  SQQA=${SQQA} SQA=${SQA}"
 }
 
 . utils/parse_options.sh
@@ -40,9 +45,11 @@ usage() {
 . ./path.sh
 
 # shellcheck disable=SC2206
-prep=(${python} local/data_prep.py --sets ${sets} --librispeech "${LIBRISPEECH}" --covost2 "${COVOST2}"
+prep=(${python} local/data_prep.py --sets ${sets} --librispeech "${LIBRISPEECH}" --train_subsets "${train_subsets}"
+      --st_corpus "${ST_CORPUS}" --europarl_st "${EUROPARL_ST}" --covost2 "${COVOST2}"
       --covost2_clips "${COVOST2_CLIPS}" --slurp "${SLURP}" --slurp_audio "${SLURP_AUDIO}"
-      --fewshot_utts ${fewshot_utts} --max_utts ${max_utts})
+      --sqqa "${SQQA}" --sqa "${SQA}"
+      --fewshot_utts ${fewshot_utts} --max_utts ${max_utts} --max_skip_frac ${max_skip_frac})
 
 if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
   log "local/data.sh stage 0: check the local corpora named in db.sh"
