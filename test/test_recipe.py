@@ -357,3 +357,17 @@ esac
     train = [x for x in calls.read_text().splitlines() if "w2p.bin.train" in x]
     assert sorted(x.split()[1] for x in train) == ["0", "0", "1", "1"]  # each job: once on each node
     assert all("--ngpu 4 --num_nodes 2" in x for x in train)
+
+
+def test_stage_6_decodes_further_test_sets(tmp_path):
+    """--test_sets "test test_heldout": stage 6 decodes every task as configured, then ASR on test_heldout."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    sh(f'./run.sh --stage 6 --stop_stage 6 --python {fake} --expdir {tmp_path}/exp --dumpdir {tmp_path}/dump '
+       f'--test_sets "test test_heldout"', cwd=MINI, check=True)
+    dec = [x.split() for x in calls.read_text().splitlines() if "w2p.bin.decode" in x]
+    assert len(dec) == 2 and "--tasks" not in dec[0] and "--tasks.asr" not in dec[0]
+    assert dec[1][dec[1].index("--tasks") + 1] == "asr" and dec[1][dec[1].index("--tasks.asr") + 1] == "test_heldout"
+    assert dec[1][dec[1].index("--config") + 1] == "conf/decode.yaml"

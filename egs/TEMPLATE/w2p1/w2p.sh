@@ -264,6 +264,15 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
   ${decode_cmd} ${expdir}/decode/log/decode.log ${python} -m w2p.bin.decode --config ${decode_config} \
     --systems_config ${systems_config} --expdir ${expdir} --dump_dir ${fbankdir} --llm ${llm} \
     --num_threads ${nproc} --device ${device}
+  # further ASR test sets (e.g. mini_en's held-out split test_heldout, listed after the first in --test_sets): the
+  # config's asr task on each -> <system>/decode_asr_<set>/ (the decode config names the first one)
+  read -r -a _test_sets <<< "${test_sets}"
+  for s in "${_test_sets[@]:1}"; do
+    log "  ASR on the further test set ${s}"
+    ${decode_cmd} ${expdir}/decode/log/decode_${s}.log ${python} -m w2p.bin.decode --config ${decode_config} \
+      --systems_config ${systems_config} --expdir ${expdir} --dump_dir ${fbankdir} --llm ${llm} \
+      --num_threads ${nproc} --device ${device} --tasks asr --tasks.asr ${s}
+  done
 fi
 
 # ============================================================================ Stage 7: few-shot fine-tuning
