@@ -144,7 +144,9 @@ def finalize(utts: list[dict], corpus: str, seed: int) -> dict:
         train_words = {w for u in utts if u["set"] == "train" for w in mini_en._words(u["item"].text)}
         stats["train_vocabulary_size"] = len(train_words)
     if any("engine" in u for u in utts):
-        stats["engines"] = {e: sum(u.get("engine") == e for u in utts) for e in sorted({u["engine"] for u in utts})}
+        # (the original espeak draws carry no engine field: they count as espeak)
+        eng = [u.get("engine", "espeak") for u in utts]
+        stats["engines"] = {e: eng.count(e) for e in sorted(set(eng))}
     write_atomic(os.path.join(corpus, "stats.json"), json.dumps(stats, indent=1) + "\n")
     return stats
 
