@@ -15,6 +15,7 @@ import re
 
 DEFAULT_DIR = "/usr/share/wordnet"
 MIN_WORDS, MAX_WORDS = 4, 15
+_OFFENSIVE = re.compile(r"\b(fuck|shit|bitch|whore|bastard|cunt|slut|nigg|fag|dick|piss|cock|wank|twat)")
 
 
 class WordNetMissing(RuntimeError):
@@ -39,6 +40,8 @@ def _clean(q: str) -> str | None:
         return None
     if any(len(w) > 1 and w.isupper() for w in words) or any(len(w) == 1 and w not in "aAI" for w in words):
         return None  # acronyms and stray letters
+    if _OFFENSIVE.search(s.lower()):
+        return None  # a handful of profanities and slurs: nothing a demo should be trained to write
     s = s[:1].upper() + s[1:]
     return s + ("?" if question else "")
 
