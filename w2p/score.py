@@ -127,8 +127,11 @@ def _fmt(v) -> str:
 
 def results_markdown(results: dict[str, dict[str, dict]], *, system_labels: dict[str, str] | None = None,
                      config: dict | None = None, notes: list[str] | None = None, figures: list[str] | None = None,
-                     commit: str | None = None, date: str | None = None) -> str:
-    """results[system][task] = scores dict. One table: rows = systems, columns = task metrics."""
+                     commit: str | None = None, date: str | None = None,
+                     asr_sets: dict[str, dict[str, dict]] | None = None) -> str:
+    """results[system][task] = scores dict. One table: rows = systems, columns = task metrics.
+    asr_sets[set][system] = ASR scores on several test sets (e.g. in-domain test and held-out test_heldout): a
+    second table, one column per set, when there is more than one."""
     labels = system_labels or {}
     cols: list[tuple[str, str]] = []
     for task in ("asr", "st", "slu", "sqqa", "sqa"):
@@ -160,6 +163,19 @@ def results_markdown(results: dict[str, dict[str, dict]], *, system_labels: dict
         for system, r in results.items():
             lines.append("| " + " | ".join([labels.get(system, system)] +
                                            [_fmt(r.get(t, {}).get("echo")) for t in echo_tasks]) + " |")
+    if asr_sets and len(asr_sets) > 1:
+        metrics = get_task("asr").metrics
+        names = [n for n in results if any(n in r for r in asr_sets.values())]
+        names += sorted({n for r in asr_sets.values() for n in r} - set(names))
+        lines += ["", "ASR on each test set (the first is the in-domain one of the table above; utterances scored: "
+                  + ", ".join(f"{s} {'/'.join(sorted({str(v.get('n_utts')) for v in r.values()}))}"
+                              for s, r in asr_sets.items()) + "):", "",
+                  "| system | " + " | ".join(f"{m} {s} {'↓' if m in LOWER_IS_BETTER else '↑'}" for s in asr_sets
+                                           for m in metrics) + " |",
+                  "|" + "---|" * (1 + len(metrics) * len(asr_sets))]
+        for n in names:
+            lines.append("| " + " | ".join([labels.get(n, n)] + [_fmt(asr_sets[s].get(n, {}).get(m)) for s in asr_sets
+                                                                for m in metrics]) + " |")
     per_task: dict[str, set] = {}
     dropped: dict[str, set] = {}
     for r in results.values():

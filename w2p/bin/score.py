@@ -2,6 +2,7 @@
 
   python -m w2p.bin.score --config conf/decode.yaml --systems_config conf/systems.yaml [--expdir exp]
          [--dump_dir dump/fbank] [--out RESULTS.md] [--plot_system wav2prompt] [--no_plots]
+         [--extra_asr_sets test_heldout]
 
 The rows are the decoded systems of the systems file in its order (w2p.bin.systems), labelled by their `label`;
 without --systems_config, the decode config's own ``systems`` (labelled by `label`, else by name).
@@ -30,6 +31,9 @@ def main(argv=None) -> int:
     p.add_argument("--plot_utts", type=int, default=3)
     p.add_argument("--no_plots", action="store_true")
     p.add_argument("--skip_missing", action="store_true", help="leave systems without decode dirs out of the table")
+    p.add_argument("--extra_asr_sets", default="",
+                   help="further ASR test sets decoded by stage 6 (decode_asr_<set>), e.g. test_heldout: a table of "
+                   "ASR on each test set")
     args, extra = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -56,6 +60,18 @@ def main(argv=None) -> int:
             results[name] = per
     if not results:
         raise SystemExit("nothing to score: no decode dirs found (run stage 6)")
+    asr_sets: dict[str, dict] = {}
+    extra_sets = [x for x in args.extra_asr_sets.replace(",", " ").split() if x]
+    if extra_sets and "asr" in conf["tasks"]:
+        asr_sets[conf["tasks"]["asr"]] = {n: r["asr"] for n, r in results.items() if "asr" in r}
+        for s in extra_sets:
+            asr_sets[s] = {}
+            for name, spec in conf["systems"].items():
+                d = os.path.join(out_dir_of(spec, name), f"decode_asr_{s}")
+                if os.path.isfile(os.path.join(d, "hyp")):
+                    asr_sets[s][name] = score_decode_dir(d, "asr")
+                elif name in results and "asr" in results[name] and not args.skip_missing:
+                    raise SystemExit(f"{d}/hyp missing: run stage 6 (decoding) first, or pass --skip_missing")
 
     figures = []
     if not args.no_plots:
@@ -86,7 +102,8 @@ def main(argv=None) -> int:
         "has no speech model.",
     ]
     labels = {n: s.get("label") or n for n, s in conf["systems"].items()}
-    md = results_markdown(results, system_labels=labels, config=cfg, figures=figures, notes=notes)
+    md = results_markdown(results, system_labels=labels, config=cfg, figures=figures, notes=notes,
+                          asr_sets=asr_sets or None)
     write_atomic(args.out, md)
     print(md)
     return 0

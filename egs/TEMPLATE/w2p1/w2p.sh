@@ -325,8 +325,11 @@ fi
 if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
   log "Stage 9: scoring -> RESULTS.md (+ images/cif_alignment.png, images/training_curves.png)"
   # every decoded system of ${systems_config}, in its order and with its label; those not decoded are left out
+  # and ASR on every further test set (stage 6's decode_asr_<set>), e.g. the held-out split, beside the first
+  read -r -a _test_sets <<< "${test_sets}"
   ${python} -m w2p.bin.score --config ${decode_config} --systems_config ${systems_config} --expdir ${expdir} \
-    --dump_dir ${fbankdir} --llm ${llm} --out RESULTS.md --image_dir images --skip_missing
+    --dump_dir ${fbankdir} --llm ${llm} --out RESULTS.md --image_dir images --skip_missing \
+    --extra_asr_sets "${_test_sets[*]:1}"
 fi
 
 # ============================================================================ Stage 10: pack model
