@@ -16,6 +16,9 @@ Design choices
   what the frozen LLM sees in natural text (``What is the capital of France?``) while leaving only
   a few, audible-from-context casing decisions and one punctuation mark to learn from speech.
   French references follow the same convention (sentence case, no final full stop).
+* **Open vocabulary (opt-in).** ``generate(open_vocab=F)`` makes a fraction F of train WordNet example sentences
+  (w2p.synth.wordnet) and drops the coverage pass; ``heldout=N`` adds ``test_heldout``, N WordNet sentences each
+  with words train never says. Their own RNG: every other sentence is the one the default draws.
 * **Short utterances.** 3-14 words (about 1-4 s with espeak-ng), so CPU training stays cheap.
 * **References.** ST: French from the bilingual lexicon (gender/number agreement, elision,
   contraction, adjective placement). SLU: intent name (``ref``) + slot values (``slots`` JSON) and

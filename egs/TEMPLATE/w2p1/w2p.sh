@@ -71,7 +71,7 @@ usage() {
   printf "$o" "--expdir ${expdir}" "experiments: system X in <expdir>/X"
   printf "$o" "--train_set ${train_set}" "training set"
   printf "$o" "--valid_set ${valid_set}" "validation set"
-  printf "$o" "--test_sets \"${test_sets}\"" "ASR test sets"
+  printf "$o" "--test_sets \"${test_sets}\"" "ASR test sets (the first is the decode config's; ASR on the others too)"
   printf "$o" "--tasks \"${tasks}\"" "zero-shot tasks (sets <task>_fewshot, <task>_test)"
   printf "$o" "--resample ${resample}" "resample non-16 kHz audio (false: error)"
   printf "$o" "--feats_type ${feats_type}" "stage 2: fbank (dump features) | raw (fbank on the fly)"
