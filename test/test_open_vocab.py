@@ -32,9 +32,13 @@ def test_wordnet_pool_is_speakable_english():
 
 
 def test_missing_wordnet_names_the_package(tmp_path, monkeypatch):
+    from w2p.info import collect
+
+    assert collect()["wordnet"].startswith(f"{len(W.sentences())} example sentences in ")
     monkeypatch.setenv("W2P_WORDNET", str(tmp_path))
     with pytest.raises(W.WordNetMissing, match="apt-get install wordnet-base"):
         W.sentences()
+    assert collect()["wordnet"] == "missing (apt-get install wordnet-base)"
     from w2p.synth import make_corpus as mk
 
     with pytest.raises(SystemExit, match="wordnet-base"):
