@@ -491,3 +491,14 @@ def test_librispeech_paper_scale_configs():
     for f in sorted(os.listdir(os.path.join(conf, "tuning"))):  # the smoke set loads too
         if f.startswith(("train_", "finetune_")):
             load_config(os.path.join(conf, "tuning", f))
+
+
+def test_mini_en_open_vocab_and_heldout_through_local_data_opts(tmp_path):
+    """The recipe's way to the held-out split: local/data.sh options + test_heldout listed in --test_sets."""
+    c, d = tmp_path / "corpus", tmp_path / "data"
+    opts = f"--corpus_dir {c} --engines espeak --open_vocab 0.5 --heldout 2 --heldout_engines flite"
+    sh(f"./run.sh --nj 1 --max_utts 2 --local_data_opts '{opts}' --datadir {d} --dumpdir {tmp_path}/dump "
+       f"--test_sets 'test test_heldout' --stop_stage 1", cwd=MINI, check=True)
+    spk = [ln.split()[1] for ln in open(d / "test_heldout" / "utt2spk")]
+    assert len(spk) == 2 and all(s.startswith("flite_") for s in spk)
+    assert all(ln.split()[1].startswith("en") for ln in open(d / "train" / "utt2spk"))  # espeak speakers

@@ -157,6 +157,28 @@ def test_decode_and_score_follow_the_systems_file(fake_decoder):
     assert f"systems: {MINI_SYSTEMS}" in open("RESULTS.md").read()
 
 
+def test_further_asr_test_set_is_decoded_and_scored_beside_the_first(fake_decoder):
+    """Stage 6's call for test_heldout (--tasks asr --tasks.asr test_heldout) and stage 9's table of both sets
+    (--asr_sets)."""
+    from w2p.bin import decode as dec
+    from w2p.bin import score as sc
+    from w2p.io import write_kv_atomic
+
+    base = ["--config", "decode.yaml", "--systems_config", MINI_SYSTEMS, "--expdir", "exp"]
+    assert dec.main(base) == 0 and dec.main(base + ["--tasks", "asr", "--tasks.asr", "test_heldout"]) == 0
+    assert sorted(os.listdir("exp/wav2prompt")) == ["decode_asr_test", "decode_asr_test_heldout", "decode_st_st_test"]
+    write_kv_atomic("exp/wav2prompt/decode_asr_test_heldout/hyp", {"u1": "the cat", "u2": "the cat sat"})
+    assert sc.main(base + ["--no_plots", "--skip_missing", "--out", "R.md", "--asr_sets", "test test_heldout"]) == 0
+    md = open("R.md").read()
+    assert "| system | test | test_heldout |" in md
+    assert "| Wav2Prompt (zero-shot) | 0.00 | 16.67 |" in md and "| ASR→LLM cascade (CTC) | 0.00 | 0.00 |" in md
+    assert sc.main(base + ["--no_plots", "--skip_missing", "--out", "R2.md"]) == 0
+    assert "test_heldout" not in open("R2.md").read()  # without further sets: the table as before
+    # a set stage 6 did not decode: its column shows no number (w2p.sh scores with --skip_missing)
+    assert sc.main(base + ["--no_plots", "--skip_missing", "--out", "R3.md", "--asr_sets", "test test_nope"]) == 0
+    assert "| Wav2Prompt (zero-shot) | 0.00 | – |" in open("R3.md").read()
+
+
 def test_one_list_only(fake_decoder):
     from w2p.bin import decode as dec
     from w2p.bin import score as sc

@@ -22,6 +22,7 @@ command -v festival >/dev/null || apt_pkgs+=(festival)
 [ -d /usr/share/festival/voices/english/kal_diphone ] || apt_pkgs+=(festvox-kallpc16k)
 [ -d /usr/share/festival/voices/english/ked_diphone ] || apt_pkgs+=(festvox-kdlpc16k)
 [ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || apt_pkgs+=(festvox-us-slt-hts)
+[ -f /usr/share/wordnet/data.noun ] || apt_pkgs+=(wordnet-base)  # mini_en open vocabulary (w2p.synth.wordnet)
 command -v ffmpeg >/dev/null || apt_pkgs+=(ffmpeg)
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || apt_pkgs+=(chromium)
 command -v chromedriver >/dev/null || apt_pkgs+=(chromium-driver)
@@ -32,7 +33,7 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
   else
     echo "w2p: please install ${apt_pkgs[*]} (e.g. 'sudo apt-get install ${apt_pkgs[*]}'); the default corpus needs" \
-      "espeak-ng and sox, the multi-engine corpus flite and festival, w2p serve needs ffmpeg, its browser test chromium and chromium-driver." >&2
+      "espeak-ng and sox, the multi-engine corpus flite and festival, the open vocabulary wordnet-base, w2p serve needs ffmpeg, its browser test chromium and chromium-driver." >&2
   fi
 fi
 

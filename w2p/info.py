@@ -1,4 +1,5 @@
-"""Versions, compiled backends, default LLM location, espeak-ng, sox and the synthesis engines with their voices.
+"""Versions, compiled backends, default LLM location, espeak-ng, sox, the synthesis engines with their voices and
+WordNet (mini_en's open vocabulary).
 
     w2p info [--short]        (or python -m w2p.info)
 """
@@ -70,6 +71,12 @@ def collect() -> dict:
 
     for name, voices in describe().items():
         info[f"engine {name}"] = voices  # synthesis engine: its voices
+    from w2p.synth import wordnet
+
+    try:  # mini_en's open vocabulary (make_corpus --open_vocab / --heldout)
+        info["wordnet"] = f"{len(wordnet.sentences())} example sentences in {wordnet.wordnet_dir()}"
+    except wordnet.WordNetMissing:
+        info["wordnet"] = "missing (apt-get install wordnet-base)"
     return info
 
 

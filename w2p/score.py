@@ -119,7 +119,8 @@ def score_decode_dir(decode_dir: str, task: str) -> dict:
 
 
 # -- results table ----------------------------------------------------------------------------------------------
-def _fmt(v) -> str:
+def fmt_score(v) -> str:
+    """A table cell: a score with two decimals, "–" for none."""
     if v is None:
         return "–"
     return f"{v:.2f}" if isinstance(v, float) else str(v)
@@ -147,9 +148,9 @@ def results_markdown(results: dict[str, dict[str, dict]], *, system_labels: dict
     for system, per_task in results.items():
         row = [labels.get(system, system)]
         for t, m in cols:
-            row.append(_fmt(per_task.get(t, {}).get(m)))
+            row.append(fmt_score(per_task.get(t, {}).get(m)))
         rtfs = [s["rtf"] for s in per_task.values() if "rtf" in s]
-        row.append(_fmt(round(sum(rtfs) / len(rtfs), 4)) if rtfs else "–")
+        row.append(fmt_score(round(sum(rtfs) / len(rtfs), 4)) if rtfs else "–")
         lines.append("| " + " | ".join(row) + " |")
     echo_tasks = [t for t in TASKS if t != "asr" and any("echo" in r.get(t, {}) for r in results.values())]
     if echo_tasks:
@@ -159,7 +160,7 @@ def results_markdown(results: dict[str, dict[str, dict]], *, system_labels: dict
                   "|" + "---|" * (len(echo_tasks) + 1)]
         for system, r in results.items():
             lines.append("| " + " | ".join([labels.get(system, system)] +
-                                           [_fmt(r.get(t, {}).get("echo")) for t in echo_tasks]) + " |")
+                                           [fmt_score(r.get(t, {}).get("echo")) for t in echo_tasks]) + " |")
     per_task: dict[str, set] = {}
     dropped: dict[str, set] = {}
     for r in results.values():

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
 def _asr_sets_table(conf: dict, asr_sets: list[str], labels: dict) -> str:
     """A markdown table: WER of every system decoded on each ASR test set (decode_asr_<set>)."""
     from w2p.decode import out_dir_of
-    from w2p.score import score_decode_dir
+    from w2p.score import fmt_score, score_decode_dir
 
     rows = ["ASR WER ↓ on every test set:", "", "| system | " + " | ".join(asr_sets) + " |",
             "|" + "---|" * (len(asr_sets) + 1)]
@@ -119,7 +119,8 @@ def _asr_sets_table(conf: dict, asr_sets: list[str], labels: dict) -> str:
         cells = []
         for s in asr_sets:
             d = os.path.join(out_dir_of(spec, name), f"decode_asr_{s}")
-            cells.append(str(score_decode_dir(d, "asr")["wer"]) if os.path.isfile(os.path.join(d, "hyp")) else "–")
+            decoded = os.path.isfile(os.path.join(d, "hyp"))
+            cells.append(fmt_score(score_decode_dir(d, "asr")["wer"] if decoded else None))
         if any(c != "–" for c in cells):
             rows.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -1,11 +1,15 @@
 """Stage 0 of egs/mini_en (local/data.sh): generate the mini_en text (seeded) and speak it with espeak-ng.
 
   python -m w2p.synth.make_corpus --corpus corpus [--seed 0] [--max_utts N] [--engines espeak]
+                                  [--open_vocab 0.5] [--heldout 300 --heldout_engines festival]
                                   [--nj N --job J | --finalize]
 
 ``--engines espeak`` (the default) is the original corpus: espeak-ng accents x variants (w2p.synth.espeak), byte
 for byte. A list (``espeak,flite,festival``) draws an engine, one of its voices, a tempo and an f0 factor per
 utterance (w2p.synth.engines); the manifests then carry ``engine`` and the speaker is ``<engine>_<voice>``.
+``--open_vocab F`` makes a fraction F of train WordNet example sentences (open vocabulary, no coverage pass);
+``--heldout N`` adds the ASR set ``test_heldout``: N WordNet sentences with words not in training, spoken only by
+``--heldout_engines`` (none of them in ``--engines``). Both off = the original corpus.
 
 Run as N parallel jobs (``--nj N --job J``, J = 1..N, e.g. through run.pl), then once with
 ``--finalize`` which checks that every wav exists and writes the manifests
@@ -29,6 +33,7 @@ from w2p.io import write_atomic
 from w2p.synth import mini_en
 from w2p.synth.engines import EngineMissing, draw_voices, get_engine, parse_engines
 from w2p.synth.espeak import check_espeak, draw_speakers, synthesize
+from w2p.synth.wordnet import WordNetMissing
 
 log = logging.getLogger("make_corpus")
 
@@ -36,18 +41,31 @@ log = logging.getLogger("make_corpus")
 DEFAULT_ENGINES = ("espeak",)
 
 
-def plan(seed: int, max_utts: int | None, corpus: str, engines=DEFAULT_ENGINES) -> list[dict]:
-    """Every utterance of every set with its voice and output path, in a fixed order."""
+def plan(seed: int, max_utts: int | None, corpus: str, engines=DEFAULT_ENGINES, open_vocab: float = 0.0,
+         heldout: int = 0, heldout_engines=()) -> list[dict]:
+    """Every utterance of every set with its voice and output path, in a fixed order.
+    open_vocab / heldout: see mini_en.generate; the test_heldout set is spoken by heldout_engines only (none of
+    them a training engine: leave-one-engine-out), with its own voice draws (the other sets' are unchanged)."""
     sizes = dict(mini_en.DEFAULT_SIZES)
     if max_utts:
         sizes = {k: min(v, max_utts) for k, v in sizes.items()}
+        heldout = min(heldout, max_utts)
+    if heldout and set(heldout_engines) & set(engines):
+        raise ValueError(f"held-out engines {','.join(heldout_engines)} also speak the training sets "
+                         f"({','.join(engines)}): a held-out set needs engines not used in training")
+    if heldout and not heldout_engines:
+        raise ValueError("a held-out set needs its own engines (e.g. --heldout_engines festival)")
     # the coverage pass adds training sentences; a capped (test) corpus stays capped
-    sets = mini_en.generate(seed, sizes, cover=not max_utts)
+    sets = mini_en.generate(seed, sizes, cover=not max_utts, open_vocab=open_vocab, heldout=heldout)
     flat = [(s, i, it) for s in mini_en.ALL_SETS for i, it in enumerate(sets[s])]
     if tuple(engines) == DEFAULT_ENGINES:  # the original corpus (its draws and ids unchanged)
         spk = draw_speakers(len(flat), seed + 1)
     else:
         spk = draw_voices(len(flat), seed + 1, list(engines))
+    if heldout:
+        hs = sets[mini_en.HELDOUT_SET]
+        flat += [(mini_en.HELDOUT_SET, i, it) for i, it in enumerate(hs)]
+        spk = list(spk) + draw_voices(len(hs), seed + 2, list(heldout_engines))
     out = []
     corpus = os.path.abspath(corpus)
     for (s, i, it), v in zip(flat, spk):
@@ -122,8 +140,13 @@ def finalize(utts: list[dict], corpus: str, seed: int) -> dict:
              "hours": {s: round(v / 3600, 4) for s, v in secs.items()},
              "total_hours": round(sum(secs.values()) / 3600, 4),
              "speakers": len({u["spk"] for u in utts})}
+    if any(u["item"].family in ("wordnet", "heldout") for u in utts):  # open vocabulary (absent by default)
+        train_words = {w for u in utts if u["set"] == "train" for w in mini_en._words(u["item"].text)}
+        stats["train_vocabulary_size"] = len(train_words)
     if any("engine" in u for u in utts):
-        stats["engines"] = {e: sum(u.get("engine") == e for u in utts) for e in sorted({u["engine"] for u in utts})}
+        # (the original espeak draws carry no engine field: they count as espeak)
+        eng = [u.get("engine", "espeak") for u in utts]
+        stats["engines"] = {e: eng.count(e) for e in sorted(set(eng))}
     write_atomic(os.path.join(corpus, "stats.json"), json.dumps(stats, indent=1) + "\n")
     return stats
 
@@ -139,6 +162,14 @@ def main(argv=None) -> int:
     ap.add_argument("--engines", default="espeak",
                     help="synthesis engines, comma-separated (espeak, flite, festival; w2p info lists them). "
                     "espeak alone = the original corpus")
+    ap.add_argument("--open_vocab", type=float, default=0.0,
+                    help="fraction of train drawn from WordNet's example sentences (open vocabulary; 0 = off, the "
+                    "original corpus; needs apt wordnet-base)")
+    ap.add_argument("--heldout", type=int, default=0,
+                    help="size of the test_heldout set: WordNet sentences with words not in training, spoken by "
+                    "--heldout_engines only (0 = no such set)")
+    ap.add_argument("--heldout_engines", default="festival",
+                    help="engines of test_heldout, none of them in --engines (leave-one-engine-out)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.nj < 1 or not 0 <= a.job <= a.nj:
@@ -147,7 +178,16 @@ def main(argv=None) -> int:
         engines = tuple(parse_engines(a.engines))
     except (EngineMissing, ValueError) as e:
         raise SystemExit(f"make_corpus: --engines {a.engines}: {e}") from e
-    utts = plan(a.seed, a.max_utts or None, a.corpus, engines)
+    heldout_engines: tuple = ()
+    if a.heldout:
+        try:
+            heldout_engines = tuple(parse_engines(a.heldout_engines))
+        except (EngineMissing, ValueError) as e:
+            raise SystemExit(f"make_corpus: --heldout_engines {a.heldout_engines}: {e}") from e
+    try:
+        utts = plan(a.seed, a.max_utts or None, a.corpus, engines, a.open_vocab, a.heldout, heldout_engines)
+    except (ValueError, WordNetMissing) as e:
+        raise SystemExit(f"make_corpus: {e}") from e
     # the stamp pins the exact plan (texts, voices): a corpus dir is never silently mixed from two
     # configurations or generator versions, since existing wavs are reused on re-runs
     digest = hashlib.sha256(json.dumps([(u["id"], u["item"].text, u["voice"], u.get("variant", u.get("engine")),
@@ -156,6 +196,10 @@ def main(argv=None) -> int:
     cfg = {"seed": a.seed, "max_utts": a.max_utts, "plan_sha256": digest}
     if engines != DEFAULT_ENGINES:  # (the default corpus's stamp is unchanged)
         cfg["engines"] = list(engines)
+    if a.open_vocab:
+        cfg["open_vocab"] = a.open_vocab
+    if a.heldout:
+        cfg.update(heldout=a.heldout, heldout_engines=list(heldout_engines))
     if os.path.exists(stamp):
         with open(stamp) as f:
             old = json.load(f)

@@ -16,6 +16,9 @@ Design choices
   what the frozen LLM sees in natural text (``What is the capital of France?``) while leaving only
   a few, audible-from-context casing decisions and one punctuation mark to learn from speech.
   French references follow the same convention (sentence case, no final full stop).
+* **Open vocabulary (opt-in).** ``generate(open_vocab=F)`` makes a fraction F of train WordNet example sentences
+  (w2p.synth.wordnet) and drops the coverage pass; ``heldout=N`` adds ``test_heldout``, N WordNet sentences each
+  with words train never says. Their own RNG: every other sentence is the one the default draws.
 * **Short utterances.** 3-14 words (about 1-4 s with espeak-ng), so CPU training stays cheap.
 * **References.** ST: French from the bilingual lexicon (gender/number agreement, elision,
   contraction, adjective placement). SLU: intent name (``ref``) + slot values (``slots`` JSON) and
@@ -636,10 +639,18 @@ def _draw(rng, gen, n, used: set, what: str) -> list[Item]:
     return out
 
 
-def generate(seed: int = 0, sizes: dict | None = None, cover: bool = True) -> dict[str, list[Item]]:
+def generate(seed: int = 0, sizes: dict | None = None, cover: bool = True, open_vocab: float = 0.0,
+             heldout: int = 0) -> dict[str, list[Item]]:
     """All sets as {set_name: [Item]}; task sets are drawn first so that ASR sentences avoid them.
-    cover: append the coverage sentences to train (see _cover)."""
+    cover: append the coverage sentences to train (see _cover).
+    open_vocab: this fraction of train is WordNet example sentences (w2p.synth.wordnet) instead of the pattern
+    families; the coverage pass is then off (open vocabulary: a test word need not occur in training).
+    heldout: also a ``test_heldout`` set of this many WordNet sentences, each with words never in training.
+    With both off (the default) the corpus is the original one, draw for draw."""
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
+    if not 0.0 <= open_vocab <= 1.0:
+        raise ValueError(f"open_vocab is a fraction of train in [0, 1], got {open_vocab}")
+    n_open = round(open_vocab * sizes["train"])
     rng = random.Random(seed)
     used: set = set()
     out: dict[str, list[Item]] = {}
@@ -648,10 +659,53 @@ def generate(seed: int = 0, sizes: dict | None = None, cover: bool = True) -> di
             name = f"{task}_{split}"
             out[name] = _draw(rng, TASK_GEN[task], sizes[name], used, name)
     for name in ("test", "dev", "train"):
-        out[name] = _draw(rng, lambda r: _weighted(r, ASR_MIX)(r), sizes[name], used, name)
-    if cover:
+        n = sizes[name] - (n_open if name == "train" else 0)
+        out[name] = _draw(rng, lambda r: _weighted(r, ASR_MIX)(r), n, used, name)
+    if cover and not n_open:
         out["train"] += _cover(rng, out, used)
-    return {k: out[k] for k in ALL_SETS}
+    if n_open or heldout:
+        _add_open(seed, out, used, n_open, heldout)
+    return {k: out[k] for k in ALL_SETS + (("test_heldout",) if heldout else ())}
+
+
+HELDOUT_SET = "test_heldout"
+
+
+def _add_open(seed: int, out: dict, used: set, n_open: int, n_heldout: int) -> None:
+    """Held-out sentences first, from the WordNet pool: each has >= 1 word outside every pattern-family sentence
+    of the corpus, and all such words (H) are then barred from train; then n_open WordNet training sentences
+    without any word of H. So test_heldout shares no sentence with train and every word it has that train lacks
+    is new. Its own RNG: the pattern-family draws above stay those of the original corpus."""
+    from w2p.synth import wordnet
+
+    rng = random.Random(f"mini_en-open-{seed}")
+    pool = list(wordnet.sentences())
+    rng.shuffle(pool)
+    family_vocab = vocabulary(out)
+    held: list[Item] = []
+    barred: set = set()
+    it = iter(pool)
+    for s in it:
+        if len(held) >= n_heldout:
+            break
+        new = set(_words(s)) - family_vocab
+        if new and norm_key(s) not in used:
+            used.add(norm_key(s))
+            barred |= new
+            held.append(Item(s, family="heldout"))
+    train: list[Item] = []
+    for s in it:
+        if len(train) >= n_open:
+            break
+        if norm_key(s) not in used and not barred & set(_words(s)):
+            used.add(norm_key(s))
+            train.append(Item(s, family="wordnet"))
+    if len(held) < n_heldout or len(train) < n_open:
+        raise RuntimeError(f"mini_en: the WordNet pool ({len(pool)} sentences) gave {len(held)}/{n_heldout} held-out "
+                           f"and {len(train)}/{n_open} open-vocabulary training sentences; ask for fewer")
+    out["train"] += train
+    if n_heldout:
+        out[HELDOUT_SET] = held
 
 
 def _words(text: str) -> list[str]:

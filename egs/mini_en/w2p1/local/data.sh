@@ -20,6 +20,9 @@ nj=1                 # parallel synthesis jobs
 seed=0               # the corpus is a function of the seed (texts, voices)
 max_utts=0           # cap every set (0 = full corpus; for quick tests)
 engines=espeak       # synthesis engines, comma-separated: espeak (the original corpus) | espeak,flite,festival
+open_vocab=0         # fraction of train drawn from WordNet example sentences (0 = off; needs apt wordnet-base)
+heldout=0            # size of the test_heldout set (0 = none): new sentences and words, spoken by ${heldout_engines}
+heldout_engines=festival  # engines of test_heldout only, none of them in ${engines} (leave-one-engine-out)
 datadir=data
 sets="train dev test"
 python=python
@@ -28,7 +31,8 @@ corpus_dir=${MINI_EN}   # where stage 0 writes wav/<set>/*.wav + <set>.jsonl man
 usage() {
   echo "Usage: $0 [--stage ${stage}] [--stop_stage ${stop_stage}] [--nj ${nj}] [--seed ${seed}] [--max_utts ${max_utts}]"
   echo "       [--datadir ${datadir}] [--sets \"${sets}\"] [--corpus_dir ${corpus_dir}] [--python ${python}]"
-  echo "       [--engines ${engines}]"
+  echo "       [--engines ${engines}] [--open_vocab ${open_vocab}] [--heldout ${heldout}]"
+  echo "       [--heldout_engines ${heldout_engines}]   (list test_heldout in the sets to prepare it in stage 1)"
 }
 
 . utils/parse_options.sh
@@ -43,9 +47,11 @@ if [ ${stage} -le 0 ] && [ ${stop_stage} -ge 0 ]; then
   log "local/data.sh stage 0: synthesise the mini_en corpus with ${engines} into ${corpus_dir} (nj=${nj})"
   ${cmd} JOB=1:${nj} ${corpus_dir}/log/synth.JOB.log \
     ${python} -m w2p.synth.make_corpus --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} \
-      --engines ${engines} --nj ${nj} --job JOB
+      --engines ${engines} --open_vocab ${open_vocab} --heldout ${heldout} --heldout_engines ${heldout_engines} \
+      --nj ${nj} --job JOB
   ${python} -m w2p.synth.make_corpus --corpus ${corpus_dir} --seed ${seed} --max_utts ${max_utts} \
-    --engines ${engines} --finalize
+    --engines ${engines} --open_vocab ${open_vocab} --heldout ${heldout} --heldout_engines ${heldout_engines} \
+    --finalize
 fi
 
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
