@@ -207,19 +207,24 @@ def test_ce_phase_layered_over_the_stage4_config(single_run, tiny_recipe, tmp_pa
     assert "init from" in log_text and "0 skipped" in log_text
 
 
+def _assert_same_losses(out1, out2, *, rel: float, abs_: float) -> None:
+    """Two runs logged the same training steps with equal losses, and equal validation losses."""
+    l1, l2 = _train_losses(str(out1)), _train_losses(str(out2))
+    assert len(l1) >= 6 and l1.keys() == l2.keys()
+    for s in l1:
+        assert l2[s] == pytest.approx(l1[s], rel=rel, abs=abs_), f"step {s}"
+    v1 = [r["loss"] for r in _metrics(str(out1)) if r["phase"] == "valid"]
+    v2 = [r["loss"] for r in _metrics(str(out2)) if r["phase"] == "valid"]
+    assert v2 == pytest.approx(v1, rel=rel)
+
+
 def test_two_processes_gloo_equal_one_process(single_run, tiny_recipe, tmp_path):
     conf, out1 = single_run
     out2 = tmp_path / "exp2"
     r = subprocess.run(_cmd(conf, tiny_recipe, out2, "--nproc", "2"), env=_env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    l1, l2 = _train_losses(out1), _train_losses(str(out2))
-    assert len(l1) >= 6 and l1.keys() == l2.keys()
-    for s in l1:
-        assert l2[s] == pytest.approx(l1[s], rel=1e-4, abs=1e-5), f"step {s}"
-    v1 = [r["loss"] for r in _metrics(out1) if r["phase"] == "valid"]
-    v2 = [r["loss"] for r in _metrics(str(out2)) if r["phase"] == "valid"]
-    assert v2 == pytest.approx(v1, rel=1e-4)
+    _assert_same_losses(out1, out2, rel=1e-4, abs_=1e-5)
 
 
 def test_dataloader_workers_and_lazy_reads_equal_the_preloaded_main_process_run(single_run, tiny_recipe, tmp_path):
@@ -235,13 +240,7 @@ def test_dataloader_workers_and_lazy_reads_equal_the_preloaded_main_process_run(
     assert r.returncode == 0, r.stderr[-3000:]
     assert "(read lazily), 2 DataLoader workers" in (out2 / "train.log").read_text()
     assert "(preloaded), 0 DataLoader workers" in open(os.path.join(out1, "train.log")).read()
-    l1, l2 = _train_losses(out1), _train_losses(str(out2))
-    assert len(l1) >= 6 and l1.keys() == l2.keys()
-    for s in l1:
-        assert l2[s] == pytest.approx(l1[s], rel=1e-6, abs=1e-7), f"step {s}"
-    v1 = [r["loss"] for r in _metrics(out1) if r["phase"] == "valid"]
-    v2 = [r["loss"] for r in _metrics(str(out2)) if r["phase"] == "valid"]
-    assert v2 == pytest.approx(v1, rel=1e-6)
+    _assert_same_losses(out1, out2, rel=1e-6, abs_=1e-7)
 
 
 def test_sigkill_then_resume_loses_at_most_one_interval(single_run, tiny_recipe, tmp_path):

@@ -228,6 +228,14 @@ def slurp_slots(annotation: str) -> dict:
     return out
 
 
+def _nonblank_lines(path: str):
+    """(line number, line) of a UTF-8 text file's non-blank lines (jsonl manifests)."""
+    with open(path, encoding="utf-8") as f:
+        for ln, line in enumerate(f, 1):
+            if line.strip():
+                yield ln, line
+
+
 def _slurp_record(line: str, path: str, ln: int) -> dict:
     try:
         d = json.loads(line)
@@ -254,36 +262,31 @@ def prepare_slurp(root: str, split: str, *, audio_dir: str | None = None, strict
     for s in ("train", "devel", "test"):
         p = os.path.join(root, "dataset", "slurp", f"{s}.jsonl")
         if os.path.isfile(p):
-            with open(p, encoding="utf-8") as f:
-                for ln, x in enumerate(f, 1):
-                    if x.strip():
-                        intents.add(_slurp_record(x, p, ln)["intent"])
+            for ln, x in _nonblank_lines(p):
+                intents.add(_slurp_record(x, p, ln)["intent"])
     skip = Skips(f"SLURP {split}", strict=strict, max_frac=max_skip_frac)
     utts = {}
-    with open(jl, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
+    for ln, line in _nonblank_lines(jl):
+        d = _slurp_record(line, jl, ln)
+        text = normalize_transcript(d.get("sentence", ""), lower_first=True)
+        slots = slurp_slots(d.get("sentence_annotation", ""))
+        for rec in d.get("recordings", []):
+            fname = rec["file"]
+            if headset_only and "headset" not in fname:
                 continue
-            d = _slurp_record(line, jl, ln)
-            text = normalize_transcript(d.get("sentence", ""), lower_first=True)
-            slots = slurp_slots(d.get("sentence_annotation", ""))
-            for rec in d.get("recordings", []):
-                fname = rec["file"]
-                if headset_only and "headset" not in fname:
-                    continue
-                stem = os.path.splitext(fname)[0]
-                uid = f"slurp{d['slurp_id']}-{stem}"
-                wav = os.path.join(audio, fname)
-                if not text:
-                    skip(f"utterance {uid}: empty sentence in {jl}:{ln}")
-                    continue
-                if not os.path.isfile(wav):
-                    skip(f"utterance {uid}: audio file {wav} missing")
-                    continue
-                # SLURP has no speaker ids in the jsonl; each recording is its own speaker (Kaldi convention)
-                utts[uid] = {"wav": os.path.abspath(wav), "text": text, "spk": uid, "ref": d["intent"], "slots": slots}
-            if max_utts and len(utts) >= max_utts:
-                break
+            stem = os.path.splitext(fname)[0]
+            uid = f"slurp{d['slurp_id']}-{stem}"
+            wav = os.path.join(audio, fname)
+            if not text:
+                skip(f"utterance {uid}: empty sentence in {jl}:{ln}")
+                continue
+            if not os.path.isfile(wav):
+                skip(f"utterance {uid}: audio file {wav} missing")
+                continue
+            # SLURP has no speaker ids in the jsonl; each recording is its own speaker (Kaldi convention)
+            utts[uid] = {"wav": os.path.abspath(wav), "text": text, "spk": uid, "ref": d["intent"], "slots": slots}
+        if max_utts and len(utts) >= max_utts:
+            break
     skip.check(len(utts))
     if not utts:
         raise CorpusError(f"SLURP {split}: no usable utterances in {jl}")
@@ -422,30 +425,27 @@ def prepare_spoken_qa(root: str, split: str, task: str, *, var: str = "SQQA", st
     need = ("id", "audio", "text", "answer") + (("question",) if task == "sqa" else ())
     skip = Skips(f"{task.upper()} {split}", strict=strict, max_frac=max_skip_frac)
     utts = {}
-    with open(jl, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                missing = [k for k in need if not str(r.get(k) or "").strip()]
-            except (json.JSONDecodeError, AttributeError) as e:
-                raise CorpusError(f"{jl}:{ln}: not a JSON object ({e})") from e
-            uid = str(r.get("id") or f"line{ln}")
-            if missing:
-                skip(f"utterance {uid}: {jl}:{ln} has no {', '.join(missing)}")
-                continue
-            wav = os.path.join(root, r["audio"])
-            if not os.path.isfile(wav):
-                skip(f"utterance {uid}: audio file {wav} missing ({jl}:{ln})")
-                continue
-            u = {"wav": os.path.abspath(wav), "text": normalize_transcript(r["text"]), "spk": str(r.get("spk") or uid),
-                 "ref": str(r["answer"]).strip()}
-            if task == "sqa":
-                u["question"] = str(r["question"]).strip()
-            utts[uid] = u
-            if max_utts and len(utts) >= max_utts:
-                break
+    for ln, line in _nonblank_lines(jl):
+        try:
+            r = json.loads(line)
+            missing = [k for k in need if not str(r.get(k) or "").strip()]
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise CorpusError(f"{jl}:{ln}: not a JSON object ({e})") from e
+        uid = str(r.get("id") or f"line{ln}")
+        if missing:
+            skip(f"utterance {uid}: {jl}:{ln} has no {', '.join(missing)}")
+            continue
+        wav = os.path.join(root, r["audio"])
+        if not os.path.isfile(wav):
+            skip(f"utterance {uid}: audio file {wav} missing ({jl}:{ln})")
+            continue
+        u = {"wav": os.path.abspath(wav), "text": normalize_transcript(r["text"]), "spk": str(r.get("spk") or uid),
+             "ref": str(r["answer"]).strip()}
+        if task == "sqa":
+            u["question"] = str(r["question"]).strip()
+        utts[uid] = u
+        if max_utts and len(utts) >= max_utts:
+            break
     skip.check(len(utts))
     if not utts:
         raise CorpusError(f"{task.upper()} {split}: no usable utterances in {jl}")
