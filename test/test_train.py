@@ -367,3 +367,35 @@ def test_two_nodes_through_slurm_pl_equal_one_process(single_run, tiny_recipe, t
     assert sorted(l2) == [1, 2]
     for s in l2:
         assert l2[s] == pytest.approx(l1[s], rel=1e-4, abs=1e-5), f"step {s}"
+
+
+_SUM_BY_KEY = """
+import json, os, sys
+from w2p.train.trainer import Dist
+d = Dist(0)
+vals = {"loss": 1.0 + d.rank, "ce": 2.0} if d.rank == 0 else {"loss": 1.0 + d.rank, "ce_st": 5.0, "mse": 0.5}
+print(json.dumps(d.sum_by_key(vals)))
+d.close()
+"""
+
+
+def test_ranks_with_different_stats_keys_reduce_over_their_union(tmp_path):
+    """Validation stats may differ by rank (per-task CE only where a batch mixes tasks): the reduction agrees on
+    the keys first instead of all-reducing tensors of different lengths."""
+    import json
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "sum_by_key.py"
+    script.write_text(_SUM_BY_KEY)
+    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(_env(), WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=str(port)))
+             for r in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    want = {"ce": 2.0, "ce_st": 5.0, "loss": 3.0, "mse": 0.5}
+    assert [json.loads(o.strip().splitlines()[-1]) for o, _ in outs] == [want, want]

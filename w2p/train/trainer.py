@@ -198,6 +198,18 @@ class Dist:
             dist.all_reduce(t)
         return t
 
+    def sum_by_key(self, values: dict[str, float]) -> dict[str, float]:
+        """Sums of ``values`` over the ranks, key by key. Ranks may hold different keys (a validation batch with
+        one task logs no per-task CE): the keys are agreed first, so the reduced tensors always line up."""
+        keys = sorted(values)
+        if self.world > 1:
+            keys = sorted(set().union(*self.gather(keys)))
+        t = torch.tensor([float(values.get(k, 0.0)) for k in keys], dtype=torch.float64)
+        if self.world > 1:
+            t = t.to(self.device)
+            dist.all_reduce(t)
+        return dict(zip(keys, t.cpu().tolist()))
+
     def gather(self, obj):
         if self.world == 1:
             return [obj]
@@ -370,12 +382,8 @@ class Trainer:
         return loss, stats
 
     def _reduce_stats(self, stats: dict, n_local: int, n_global: int) -> dict:
-        keys = sorted(stats)
-        t = torch.tensor([float(stats[k]) * n_local for k in keys], dtype=torch.float64)
-        if self.dist.world > 1:
-            t = t.to(self.device)
-            self.dist.all_reduce(t)
-        return {k: float(v) / n_global for k, v in zip(keys, t.cpu().tolist())}
+        sums = self.dist.sum_by_key({k: float(v) * n_local for k, v in stats.items()})
+        return {k: v / n_global for k, v in sums.items()}
 
     def _sync_grads(self):
         if self.dist.world == 1:
@@ -402,14 +410,10 @@ class Trainer:
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
                 total += len(idx)
-        keys = sorted(sums)
-        t = torch.tensor([sums[k] for k in keys] + [total], dtype=torch.float64)
-        if self.dist.world > 1:
-            t = t.to(self.device)
-            self.dist.all_reduce(t)
-        t = t.cpu().tolist()
+        sums = self.dist.sum_by_key({**sums, "__n_utts__": float(total)})  # not a stats key: models name theirs
+        n = sums.pop("__n_utts__")
         self.model.train()
-        return {k: v / t[-1] for k, v in zip(keys, t[:-1])}
+        return {k: v / n for k, v in sums.items()}
 
     def _log_metrics(self, rec: dict):
         if not self.dist.main:
