@@ -161,7 +161,8 @@ train_system() {
 train_res="--gpu ${ngpu} --num_nodes ${num_nodes}"
 device=$([ ${ngpu} -gt 0 ] && echo cuda || echo cpu)
 # Stages 0-1: the recipe's own corpus preparation, local/data.sh (the template knows no corpus). Every recipe's
-# script takes these options; ${local_data_opts} come last, so they can add or override.
+# script takes these options (--sets: to prepare; --optional_sets: to prepare if its corpus has them, else skip);
+# ${local_data_opts} come last, so they can add or override.
 local_data() {
   [ -x local/data.sh ] || {
     echo "$0: $(pwd)/local/data.sh missing or not executable: a recipe prepares its corpus there (stages 0-1;" \
@@ -364,7 +365,8 @@ if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
   log "Stage 9: scoring of tasks '${tasks}' and ASR on '${test_sets}' -> RESULTS.md (+ images/cif_alignment.png," \
     "images/training_curves.png)"
   # every decoded system of ${systems_config}, in its order and with its label; those not decoded are left out.
-  # The columns are --tasks (+ ASR on the first --test_sets set; the others get a table of their own).
+  # The columns are --tasks (+ ASR on the first --test_sets set); with further test sets, a table of every system
+  # on each set: ASR and each task T decoded on a further set (T_<set>), beside the first set's.
   score_tasks=${task_csv}; asr_opt=""
   if [ -n "${test_sets// /}" ]; then
     score_tasks="asr${task_csv:+,${task_csv}}"; asr_opt="--tasks.asr ${test_sets%% *}"
