@@ -398,6 +398,14 @@ def test_stages_6_and_9_decode_and_score_the_tasks_and_test_sets_given(tmp_path)
                                          dict(sets, **{"--tasks": "asr", "--tasks.asr": "other"})]
     assert len(score) == 1 and opts_of(score[0]) == dict(sets, **{"--tasks": "asr,st_de,sqqa", "--tasks.asr": "test"})
     assert " ".join(score[0]).count("--asr_sets test other") == 1
+    # a task set dumped for the further test set (<task>_<set>: sqqa_other) is decoded with it, in the same call
+    # (the later --tasks.sqqa wins: w2p.config overrides apply in order)
+    (tmp_path / "dump" / "fbank" / "sqqa_other").mkdir(parents=True)
+    dec, _ = run("--tasks 'st_de sqqa' --test_sets 'test other'")
+    assert opts_of(dec[1]) == dict(sets, **{"--tasks": "asr,sqqa", "--tasks.asr": "other",
+                                            "--tasks.sqqa": "sqqa_other"})
+    assert [w for w in dec[1] if w.startswith("--tasks.sqqa")] == ["--tasks.sqqa"] * 2
+    assert (tmp_path / "exp" / "decode" / "log" / "decode_other.log").is_file()
     dec, score = run("--tasks slu --test_sets ''")  # no ASR test set: the tasks only
     assert [opts_of(x) for x in dec] == [{"--tasks": "slu", "--tasks.slu": "slu_test"}]
     assert opts_of(score[0]) == {"--tasks": "slu", "--tasks.slu": "slu_test"}
@@ -497,8 +505,18 @@ def test_mini_en_open_vocab_and_heldout_through_local_data_opts(tmp_path):
     """The recipe's way to the held-out split: local/data.sh options + test_heldout listed in --test_sets."""
     c, d = tmp_path / "corpus", tmp_path / "data"
     opts = f"--corpus_dir {c} --engines espeak --open_vocab 0.5 --heldout 2 --heldout_engines flite"
-    sh(f"./run.sh --nj 1 --max_utts 2 --local_data_opts '{opts}' --datadir {d} --dumpdir {tmp_path}/dump "
-       f"--test_sets 'test test_heldout' --stop_stage 1", cwd=MINI, check=True)
+    p = sh(f"./run.sh --nj 1 --max_utts 2 --local_data_opts '{opts}' --datadir {d} --dumpdir {tmp_path}/dump "
+           f"--test_sets 'test test_heldout' --stop_stage 2", cwd=MINI, check=True)
     spk = [ln.split()[1] for ln in open(d / "test_heldout" / "utt2spk")]
     assert len(spk) == 2 and all(s.startswith("flite_") for s in spk)
     assert all(ln.split()[1].startswith("en") for ln in open(d / "train" / "utt2spk"))  # espeak speakers
+    # test_heldout brings the task sets on it the corpus has (sqqa_test_heldout: sqqa_test's questions and answers
+    # in held-out voices) through stages 1 and 2; the others are not in the corpus
+    spk = [ln.split()[1] for ln in open(d / "sqqa_test_heldout" / "utt2spk")]
+    assert len(spk) == 2 and all(s.startswith("flite_") for s in spk)
+    for f in ("text", "ref"):
+        assert sorted(ln.split(maxsplit=1)[1] for ln in open(d / "sqqa_test_heldout" / f)) == sorted(
+            ln.split(maxsplit=1)[1] for ln in open(d / "sqqa_test" / f))
+    assert len(_feats(str(tmp_path / "dump"), "sqqa_test_heldout")) == 2
+    assert not (d / "st_test_heldout").exists()
+    assert "not prepared: st_test_heldout slu_test_heldout sqa_test_heldout" in p.stdout + p.stderr

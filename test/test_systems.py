@@ -170,13 +170,41 @@ def test_further_asr_test_set_is_decoded_and_scored_beside_the_first(fake_decode
     write_kv_atomic("exp/wav2prompt/decode_asr_test_heldout/hyp", {"u1": "the cat", "u2": "the cat sat"})
     assert sc.main(base + ["--no_plots", "--skip_missing", "--out", "R.md", "--asr_sets", "test test_heldout"]) == 0
     md = open("R.md").read()
-    assert "| system | test | test_heldout |" in md
+    assert "| system | asr wer ↓ test | asr wer ↓ test_heldout |\n" in md  # no task decoded on test_heldout
     assert "| Wav2Prompt (zero-shot) | 0.00 | 16.67 |" in md and "| ASR→LLM cascade (CTC) | 0.00 | 0.00 |" in md
     assert sc.main(base + ["--no_plots", "--skip_missing", "--out", "R2.md"]) == 0
     assert "test_heldout" not in open("R2.md").read()  # without further sets: the table as before
     # a set stage 6 did not decode: its column shows no number (w2p.sh scores with --skip_missing)
     assert sc.main(base + ["--no_plots", "--skip_missing", "--out", "R3.md", "--asr_sets", "test test_nope"]) == 0
     assert "| Wav2Prompt (zero-shot) | 0.00 | – |" in open("R3.md").read()
+
+
+def test_spoken_questions_on_a_further_test_set_are_scored_beside_the_first(fake_decoder):
+    """Stage 6's call for test_heldout with the task sets it has (--tasks asr,sqqa --tasks.sqqa sqqa_test_heldout ->
+    decode_sqqa_sqqa_test_heldout) and stage 9's table: each task's metrics on test and on test_heldout side by side."""
+    from w2p.bin import decode as dec
+    from w2p.bin import score as sc
+    from w2p.io import write_kv_atomic
+
+    base = ["--config", "decode.yaml", "--systems_config", MINI_SYSTEMS, "--expdir", "exp", "--tasks.sqqa", "sqqa_test"]
+    assert dec.main(base + ["--tasks", "asr,sqqa"]) == 0
+    assert dec.main(base + ["--systems", "wav2prompt,cascade", "--tasks", "asr,sqqa", "--tasks.asr", "test_heldout",
+                            "--tasks.sqqa", "sqqa_test_heldout"]) == 0
+    assert sorted(os.listdir("exp/wav2prompt")) == ["decode_asr_test", "decode_asr_test_heldout",
+                                                    "decode_sqqa_sqqa_test", "decode_sqqa_sqqa_test_heldout"]
+    assert sorted(os.listdir("exp/gold")) == ["decode_asr_test", "decode_sqqa_sqqa_test"]
+    # Wav2Prompt on the held-out questions: one answer contains the gold one, none is exact
+    write_kv_atomic("exp/wav2prompt/decode_sqqa_sqqa_test_heldout/hyp", {"u1": "it is the cat sat", "u2": "a dog"})
+    assert sc.main(base + ["--no_plots", "--skip_missing", "--out", "R.md", "--asr_sets", "test test_heldout",
+                           "--tasks", "asr,sqqa"]) == 0
+    md = open("R.md").read()
+    assert ("| system | asr wer ↓ test | asr wer ↓ test_heldout | sqqa exact ↑ test | sqqa exact ↑ test_heldout | "
+            "sqqa contains ↑ test | sqqa contains ↑ test_heldout |") in md
+    assert "| Wav2Prompt (zero-shot) | 0.00 | 0.00 | 100.00 | 0.00 | 100.00 | 50.00 |" in md
+    assert "| ASR→LLM cascade (CTC) | 0.00 | 0.00 | 100.00 | 100.00 | 100.00 | 100.00 |" in md
+    assert "| gold-text topline | 0.00 | – | 100.00 | – | 100.00 | – |" in md  # not decoded on test_heldout
+    # the main table is the first set's, as before
+    assert "| Wav2Prompt (zero-shot) | 0.00 | 100.00 | 100.00 |" in md
 
 
 def test_one_list_only(fake_decoder):

@@ -34,8 +34,9 @@ def main(argv=None) -> int:
                    help="comma-separated tasks to score (default: the config's); set a task's test set with "
                         "--tasks.<task> <set>")
     p.add_argument("--asr_sets", default="",
-                   help="space-separated ASR test sets: the first is the table's asr column (--tasks.asr), every "
-                        "set gets a row in a per-set WER table")
+                   help="space-separated test sets: the first is the table's asr column (--tasks.asr); with more, "
+                        "a table of every set: ASR WER on each (decode_asr_<set>) and, for each task T decoded on a "
+                        "further set S (decode_T_T_S), T's metrics on the first set and on S")
     args, extra = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -101,26 +102,45 @@ def main(argv=None) -> int:
     labels = {n: s.get("label") or n for n, s in conf["systems"].items()}
     asr_sets = args.asr_sets.split()
     if len(asr_sets) > 1:
-        notes.append(_asr_sets_table(conf, asr_sets, labels))
+        notes.append(_test_sets_table(conf, asr_sets, labels))
     md = results_markdown(results, system_labels=labels, config=cfg, figures=figures, notes=notes)
     write_atomic(args.out, md)
     print(md)
     return 0
 
 
-def _asr_sets_table(conf: dict, asr_sets: list[str], labels: dict) -> str:
-    """A markdown table: WER of every system decoded on each ASR test set (decode_asr_<set>)."""
+def _test_sets_table(conf: dict, test_sets: list[str], labels: dict) -> str:
+    """A markdown table of every system on each test set S: ASR WER (decode_asr_<S>) and, for each task T decoded on a
+    further set (decode_T_T_S: the rule <task>_<test set>, e.g. sqqa_test_heldout), T's metrics there beside the
+    first set's (the main table's T set); "–" where a system has no such decode dir."""
     from w2p.decode import out_dir_of
-    from w2p.score import fmt_score, score_decode_dir
+    from w2p.score import LOWER_IS_BETTER, fmt_score, score_decode_dir
+    from w2p.tasks import TASKS, get_task
 
-    rows = ["ASR WER ↓ on every test set:", "", "| system | " + " | ".join(asr_sets) + " |",
-            "|" + "---|" * (len(asr_sets) + 1)]
-    for name, spec in conf["systems"].items():
+    first, further = test_sets[0], test_sets[1:]
+    outs = {name: out_dir_of(spec, name) for name, spec in conf["systems"].items()}
+
+    def decoded(name, d):
+        return os.path.isfile(os.path.join(outs[name], d, "hyp"))
+
+    cols = [("asr", "wer", s, f"decode_asr_{s}") for s in test_sets]
+    for t in TASKS:
+        if t == "asr" or t not in conf["tasks"] or not any(decoded(n, f"decode_{t}_{t}_{s}") for n in outs
+                                                            for s in further):
+            continue
+        for m in get_task(t).metrics:
+            cols += [(t, m, first, f"decode_{t}_{conf['tasks'][t]}")]
+            cols += [(t, m, s, f"decode_{t}_{t}_{s}") for s in further]
+    head = [f"{t} {m} {'↓' if m in LOWER_IS_BETTER else '↑'} {s}" for t, m, s, _ in cols]
+    rows = [f"Every test set: ASR on the set S, a task T on its set T_S ({first}: the table above's sets):", "",
+            "| system | " + " | ".join(head) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name in outs:
+        scores: dict[str, dict] = {}
         cells = []
-        for s in asr_sets:
-            d = os.path.join(out_dir_of(spec, name), f"decode_asr_{s}")
-            decoded = os.path.isfile(os.path.join(d, "hyp"))
-            cells.append(fmt_score(score_decode_dir(d, "asr")["wer"] if decoded else None))
+        for t, m, _, d in cols:
+            if d not in scores:
+                scores[d] = score_decode_dir(os.path.join(outs[name], d), t) if decoded(name, d) else {}
+            cells.append(fmt_score(scores[d].get(m)))
         if any(c != "–" for c in cells):
             rows.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

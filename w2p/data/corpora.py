@@ -108,6 +108,11 @@ def _mini_en_stats(corpus_dir: str) -> dict:
         return json.load(f)
 
 
+def mini_en_sets(corpus_dir: str) -> list[str]:
+    """The sets of the mini_en corpus in corpus_dir (its stats.json)."""
+    return list(_mini_en_stats(corpus_dir).get("utterances", {}))
+
+
 def prepare_mini_en(corpus_dir: str, set_name: str) -> tuple[dict, list[str] | None]:
     """One set of the corpus written by ``w2p.synth.make_corpus``: (utts, intents for the SLU sets else None)."""
     have = _mini_en_stats(corpus_dir).get("utterances", {})

@@ -9,7 +9,8 @@ for byte. A list (``espeak,flite,festival``) draws an engine, one of its voices,
 utterance (w2p.synth.engines); the manifests then carry ``engine`` and the speaker is ``<engine>_<voice>``.
 ``--open_vocab F`` makes a fraction F of train WordNet example sentences (open vocabulary, no coverage pass);
 ``--heldout N`` adds the ASR set ``test_heldout``: N WordNet sentences with words not in training, spoken only by
-``--heldout_engines`` (none of them in ``--engines``). Both off = the original corpus.
+``--heldout_engines`` (none of them in ``--engines``), and the spoken-question set ``sqqa_test_heldout``: the questions
+and answers of ``sqqa_test`` spoken by those engines. Both off = the original corpus.
 
 Run as N parallel jobs (``--nj N --job J``, J = 1..N, e.g. through run.pl), then once with
 ``--finalize`` which checks that every wav exists and writes the manifests
@@ -45,7 +46,8 @@ def plan(seed: int, max_utts: int | None, corpus: str, engines=DEFAULT_ENGINES, 
          heldout: int = 0, heldout_engines=()) -> list[dict]:
     """Every utterance of every set with its voice and output path, in a fixed order.
     open_vocab / heldout: see mini_en.generate; the test_heldout set is spoken by heldout_engines only (none of
-    them a training engine: leave-one-engine-out), with its own voice draws (the other sets' are unchanged)."""
+    them a training engine: leave-one-engine-out), with its own voice draws (the other sets' are unchanged), and so
+    are the task sets on it (mini_en.HELDOUT_TASK_SETS: sqqa_test_heldout = sqqa_test's items and references)."""
     sizes = dict(mini_en.DEFAULT_SIZES)
     if max_utts:
         sizes = {k: min(v, max_utts) for k, v in sizes.items()}
@@ -66,12 +68,22 @@ def plan(seed: int, max_utts: int | None, corpus: str, engines=DEFAULT_ENGINES, 
         hs = sets[mini_en.HELDOUT_SET]
         flat += [(mini_en.HELDOUT_SET, i, it) for i, it in enumerate(hs)]
         spk = list(spk) + draw_voices(len(hs), seed + 2, list(heldout_engines))
+        # the task sets on test_heldout (sqqa_test_heldout): the in-domain test set's items, spoken by the held-out
+        # engines with their own draws; appended last, so every other set's draws and ids stay as they were
+        for k, (name, src) in enumerate(mini_en.HELDOUT_TASK_SETS.items()):
+            flat += [(name, i, it) for i, it in enumerate(sets[src])]
+            spk += draw_voices(len(sets[src]), seed + 3 + k, list(heldout_engines))
     out = []
     corpus = os.path.abspath(corpus)
     for (s, i, it), v in zip(flat, spk):
         uid = f"{v['spk']}-{s}-{i:05d}"
         out.append({"id": uid, "set": s, "item": it, **v, "wav": os.path.join(corpus, "wav", s, f"{uid}.wav")})
     return out
+
+
+def _plan_digest(utts: list[dict]) -> str:
+    return hashlib.sha256(json.dumps([(u["id"], u["item"].text, u["voice"], u.get("variant", u.get("engine")),
+                                       u["speed"], u["pitch"]) for u in utts]).encode()).hexdigest()[:16]
 
 
 def _valid_wav(path: str) -> bool:
@@ -127,7 +139,8 @@ def finalize(utts: list[dict], corpus: str, seed: int) -> dict:
                    "voice": u["voice"], "variant": u["variant"], "speed": u["speed"], "pitch": u["pitch"],
                    "family": it.family}
         # ASR sets mix all families: their references would be partial files, so only task sets carry them
-        for k in ("ref", "question", "slots") if u["set"] in mini_en.TASK_SETS else ():
+        task_set = u["set"] in mini_en.TASK_SETS or u["set"] in mini_en.HELDOUT_TASK_SETS
+        for k in ("ref", "question", "slots") if task_set else ():
             if getattr(it, k) is not None:
                 rec[k] = getattr(it, k)
         by_set.setdefault(u["set"], []).append(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -167,7 +180,7 @@ def main(argv=None) -> int:
                     "original corpus; needs apt wordnet-base)")
     ap.add_argument("--heldout", type=int, default=0,
                     help="size of the test_heldout set: WordNet sentences with words not in training, spoken by "
-                    "--heldout_engines only (0 = no such set)")
+                    "--heldout_engines only (0 = no such set); also adds sqqa_test_heldout, sqqa_test spoken by them")
     ap.add_argument("--heldout_engines", default="festival",
                     help="engines of test_heldout, none of them in --engines (leave-one-engine-out)")
     a = ap.parse_args(argv)
@@ -190,8 +203,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"make_corpus: {e}") from e
     # the stamp pins the exact plan (texts, voices): a corpus dir is never silently mixed from two
     # configurations or generator versions, since existing wavs are reused on re-runs
-    digest = hashlib.sha256(json.dumps([(u["id"], u["item"].text, u["voice"], u.get("variant", u.get("engine")),
-                                         u["speed"], u["pitch"]) for u in utts]).encode()).hexdigest()[:16]
+    digest = _plan_digest(utts)
     stamp = os.path.join(a.corpus, ".config.json")
     cfg = {"seed": a.seed, "max_utts": a.max_utts, "plan_sha256": digest}
     if engines != DEFAULT_ENGINES:  # (the default corpus's stamp is unchanged)
@@ -203,7 +215,14 @@ def main(argv=None) -> int:
     if os.path.exists(stamp):
         with open(stamp) as f:
             old = json.load(f)
-        if old != cfg:
+        # a held-out corpus made before its task sets existed: its wavs are planned as they were (the new sets
+        # come last), so it is completed here rather than refused
+        before = {**cfg, "plan_sha256": _plan_digest([u for u in utts if u["set"] not in mini_en.HELDOUT_TASK_SETS])}
+        if a.heldout and old == before:
+            log.info("%s: adding %s to a held-out corpus made without them", a.corpus,
+                     " ".join(mini_en.HELDOUT_TASK_SETS))
+            write_atomic(stamp, json.dumps(cfg) + "\n")
+        elif old != cfg:
             raise SystemExit(f"make_corpus: {a.corpus} was generated with {old}, not {cfg}; "
                              f"remove {a.corpus} or use the same options")
     else:

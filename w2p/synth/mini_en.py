@@ -669,6 +669,9 @@ def generate(seed: int = 0, sizes: dict | None = None, cover: bool = True, open_
 
 
 HELDOUT_SET = "test_heldout"
+# the task sets on HELDOUT_SET (name <task>_<test set>) -> the set whose items they are: the same questions and
+# answers as the in-domain set, spoken by the held-out engines only (w2p.synth.make_corpus draws their voices)
+HELDOUT_TASK_SETS = {f"sqqa_{HELDOUT_SET}": "sqqa_test"}
 
 
 def _add_open(seed: int, out: dict, used: set, n_open: int, n_heldout: int) -> None:

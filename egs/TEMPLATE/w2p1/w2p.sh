@@ -71,7 +71,7 @@ usage() {
   printf "$o" "--expdir ${expdir}" "experiments: system X in <expdir>/X"
   printf "$o" "--train_set ${train_set}" "training set"
   printf "$o" "--valid_set ${valid_set}" "validation set"
-  printf "$o" "--test_sets \"${test_sets}\"" "ASR test sets"
+  printf "$o" "--test_sets \"${test_sets}\"" "ASR test sets (each further set S: + the corpus' <task>_S)"
   printf "$o" "--tasks \"${tasks}\"" "zero-shot tasks (sets <task>_fewshot, <task>_test)"
   printf "$o" "--resample ${resample}" "resample non-16 kHz audio (false: error)"
   printf "$o" "--feats_type ${feats_type}" "stage 2: fbank (dump features) | raw (fbank on the fly)"
@@ -104,6 +104,17 @@ task_sets=""; task_tests=""; task_map=""
 for t in ${tasks}; do task_sets+="${t}_fewshot ${t}_test "; task_tests+="${t}_test "; task_map+="--tasks.${t} ${t}_test "; done
 # shellcheck disable=SC2086
 task_csv=$(echo ${tasks} | tr " " ,)   # stages 6 and 9: the --tasks list for w2p.bin.decode / w2p.bin.score
+# Task T on every test set S after the first: the set T_S (the rule <task>_<test set>), where the corpus has one
+# (mini_en --heldout: sqqa_test_heldout). Stage 1 prepares those the corpus has; stages 2-6 take those there.
+optional_sets=""; n_test=0
+for s in ${test_sets}; do
+  n_test=$((n_test + 1)); [ ${n_test} -gt 1 ] || continue
+  for t in ${tasks}; do optional_sets+="${t}_${s} "; done
+done
+present_sets() {  # those of ${optional_sets} with a dir under $1
+  local s
+  for s in ${optional_sets}; do if [ -d "$1/${s}" ]; then echo -n "${s} "; fi; done
+}
 asr_sets="${train_set} ${valid_set} ${test_sets}"
 all_sets="${asr_sets} ${task_sets}"
 data_sets=${all_sets}  # what stage 1 writes
@@ -150,14 +161,15 @@ train_system() {
 train_res="--gpu ${ngpu} --num_nodes ${num_nodes}"
 device=$([ ${ngpu} -gt 0 ] && echo cuda || echo cpu)
 # Stages 0-1: the recipe's own corpus preparation, local/data.sh (the template knows no corpus). Every recipe's
-# script takes these options; ${local_data_opts} come last, so they can add or override.
+# script takes these options (--sets: to prepare; --optional_sets: to prepare if its corpus has them, else skip);
+# ${local_data_opts} come last, so they can add or override.
 local_data() {
   [ -x local/data.sh ] || {
     echo "$0: $(pwd)/local/data.sh missing or not executable: a recipe prepares its corpus there (stages 0-1;" \
       "see egs/mini_en/w2p1/local/data.sh)" >&2; exit 1; }
   # shellcheck disable=SC2086
   local/data.sh "$@" --nj ${nj} --seed ${seed} --max_utts ${max_utts} --datadir ${datadir} --sets "${data_sets}" \
-    --python ${python} ${local_data_opts}
+    --optional_sets "${optional_sets}" --python ${python} ${local_data_opts}
 }
 
 # ============================================================================ Stage 0: corpus
@@ -169,9 +181,11 @@ fi
 # ============================================================================ Stage 1: data prep
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
   log "Stage 1: data preparation (local/data.sh stage 1) -> ${datadir}/{$(echo ${data_sets} | tr ' ' ,)}"
+  [ -z "${optional_sets}" ] || log "  + those of ${optional_sets% } that the corpus has"
   local_data --stage 1 --stop_stage 1
   # shellcheck disable=SC2046
-  validate data "local/data.sh stage 1 wrote an invalid data dir" $(prefixed ${datadir} ${data_sets})
+  validate data "local/data.sh stage 1 wrote an invalid data dir" $(prefixed ${datadir} ${data_sets} \
+    $(present_sets ${datadir}))
 fi
 
 # ============================================================================ Stage 2: fbank + CMVN
@@ -186,26 +200,28 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     ${python} -m w2p.bin.augment_data_dir --src ${datadir}/${train_src} --dst ${datadir}/${train_set} \
       --config ${augment_config} --seed ${seed} --finalize
   fi
+  dump_sets="${all_sets} $(present_sets ${datadir})"  # + the tasks' sets on further test sets stage 1 prepared
   # shellcheck disable=SC2046
-  validate data "run stage 1 (data prep) first" $(prefixed ${datadir} ${all_sets})
+  validate data "run stage 1 (data prep) first" $(prefixed ${datadir} ${dump_sets})
   # fbank: each job dumps features of its share; raw: each job reads only its files' headers (frame counts), and
   # the loaders compute the same fbank from the audio (no feature dump for a 960 h corpus)
   ${cmd} JOB=1:${nj} ${fbankdir}/log/fbank.JOB.log \
-    ${python} -m w2p.bin.make_fbank --data_dir ${datadir} --dump_dir ${fbankdir} --sets ${all_sets} \
+    ${python} -m w2p.bin.make_fbank --data_dir ${datadir} --dump_dir ${fbankdir} --sets ${dump_sets} \
       --nj ${nj} --job JOB --resample ${resample} --feats_type ${feats_type}
   # merge the shards, validate every dump dir, global CMVN stats (count, sum, sum_square) of the training set
   # (raw: of a sample of up to 5000 utterances, all of a smaller set)
-  ${python} -m w2p.bin.make_fbank --data_dir ${datadir} --dump_dir ${fbankdir} --sets ${all_sets} --nj ${nj} \
+  ${python} -m w2p.bin.make_fbank --data_dir ${datadir} --dump_dir ${fbankdir} --sets ${dump_sets} --nj ${nj} \
     --merge --cmvn_set ${train_set} --feats_type ${feats_type}
 fi
 
 # ============================================================================ Stage 3: LLM prep
 if [ ${stage} -le 3 ] && [ ${stop_stage} -ge 3 ]; then
   log "Stage 3: LLM prep (${llm}): cache, tokenise transcripts, BPE for CTC"
+  llm_sets="${all_sets} $(present_sets ${fbankdir})"
   # shellcheck disable=SC2046
-  validate dump "run stage 2 (features) first" $(prefixed ${fbankdir} ${all_sets})
+  validate dump "run stage 2 (features) first" $(prefixed ${fbankdir} ${llm_sets})
   # converts the LLM once into tools/cache/llm/<name>/; writes <set>/llm_tokens (+ bpe_tokens), data/lang/bpe/
-  ${python} -m w2p.bin.prepare_llm --llm ${llm} --dump_dir ${fbankdir} --sets ${all_sets} \
+  ${python} -m w2p.bin.prepare_llm --llm ${llm} --dump_dir ${fbankdir} --sets ${llm_sets} \
     --train_set ${train_set} --bpe_dir ${datadir}/lang/bpe --nbpe ${nbpe} --bpe_type ${bpe_type}
 fi
 
@@ -262,10 +278,11 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
   log "Stage 6: zero-shot decoding of every system of ${systems_config}: tasks '${tasks}' (task T on T_test)," \
     "ASR on '${test_sets}'"
   # shellcheck disable=SC2046
-  validate dump "run stage 2 first" $(prefixed ${fbankdir} ${test_sets} ${task_tests})
+  validate dump "run stage 2 first" $(prefixed ${fbankdir} ${test_sets} ${task_tests} $(present_sets ${fbankdir}))
   # beam, caps: ${decode_config}; systems: ${systems_config} (all but the few-shot ones); which tasks and sets:
   # --tasks / --test_sets (${decode_config}'s own task list is only the default of w2p.bin.decode run by hand).
-  # The first ASR test set is decoded with the tasks (one LLM load), every further one on its own.
+  # The first ASR test set is decoded with the tasks (one LLM load); every further one S on its own, with each
+  # task T whose set T_S was dumped (-> <system>/decode_T_T_S/).
   decode_zero() {
     local logname=$1 tlist=$2; shift 2
     # shellcheck disable=SC2086
@@ -281,7 +298,17 @@ if [ ${stage} -le 6 ] && [ ${stop_stage} -ge 6 ]; then
       if ${first}; then
         decode_zero decode "asr${task_csv:+,${task_csv}}" --tasks.asr ${s}; first=false
       else
-        decode_zero decode_asr_${s} asr --tasks.asr ${s}
+        tlist=asr; tmap=""; absent=""
+        for t in ${tasks}; do
+          if [ -d ${fbankdir}/${t}_${s} ]; then
+            tlist+=",${t}"; tmap+="--tasks.${t} ${t}_${s} "
+          else
+            absent+=" ${t}_${s}"
+          fi
+        done
+        log "  ${s}: tasks ${tlist}${absent:+ (not dumped, so not decoded:${absent})}"
+        # shellcheck disable=SC2086
+        decode_zero decode_${s} ${tlist} --tasks.asr ${s} ${tmap}
       fi
     done
   fi
@@ -338,7 +365,8 @@ if [ ${stage} -le 9 ] && [ ${stop_stage} -ge 9 ]; then
   log "Stage 9: scoring of tasks '${tasks}' and ASR on '${test_sets}' -> RESULTS.md (+ images/cif_alignment.png," \
     "images/training_curves.png)"
   # every decoded system of ${systems_config}, in its order and with its label; those not decoded are left out.
-  # The columns are --tasks (+ ASR on the first --test_sets set; the others get a table of their own).
+  # The columns are --tasks (+ ASR on the first --test_sets set); with further test sets, a table of every system
+  # on each set: ASR and each task T decoded on a further set (T_<set>), beside the first set's.
   score_tasks=${task_csv}; asr_opt=""
   if [ -n "${test_sets// /}" ]; then
     score_tasks="asr${task_csv:+,${task_csv}}"; asr_opt="--tasks.asr ${test_sets%% *}"

@@ -24,6 +24,7 @@ seed=0
 max_utts=0           # cap every set (0 = all; for quick tests)
 datadir=data
 sets="train dev test st_fewshot st_test st_es_fewshot st_es_test slu_fewshot slu_test"
+optional_sets=""     # w2p.sh: <task>_<set> of further test sets, prepared if the corpus has them (these have none)
 python=python
 fewshot_utts=300     # utterances of each <task>_fewshot set
 train_subsets="train-clean-100"   # LibriSpeech training subsets; 960 h: "train-clean-100 train-clean-360 train-other-500"
@@ -31,8 +32,8 @@ max_skip_frac=0.1    # a set that would skip more than this fraction of its utte
 
 usage() {
   echo "Usage: $0 [--stage ${stage}] [--stop_stage ${stop_stage}] [--max_utts ${max_utts}] [--datadir ${datadir}]"
-  echo "       [--sets \"${sets}\"] [--fewshot_utts ${fewshot_utts}] [--python ${python}]"
-  echo "       [--train_subsets \"${train_subsets}\"] [--max_skip_frac ${max_skip_frac}]"
+  echo "       [--sets \"${sets}\"] [--optional_sets \"${optional_sets}\"] [--fewshot_utts ${fewshot_utts}]"
+  echo "       [--python ${python}] [--train_subsets \"${train_subsets}\"] [--max_skip_frac ${max_skip_frac}]"
   echo "Corpus paths come from db.sh: LIBRISPEECH=${LIBRISPEECH} ST_CORPUS=${ST_CORPUS} EUROPARL_ST=${EUROPARL_ST}"
   echo "  COVOST2=${COVOST2} COVOST2_CLIPS=${COVOST2_CLIPS} SLURP=${SLURP} SLURP_AUDIO=${SLURP_AUDIO}"
   echo "  SQQA=${SQQA} SQA=${SQA}"
@@ -59,4 +60,5 @@ fi
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
   log "local/data.sh stage 1: data preparation -> ${datadir}/{$(echo ${sets} | tr ' ' ,)}"
   "${prep[@]}" --out ${datadir}
+  [ -z "${optional_sets// /}" ] || log "no local corpus has the sets ${optional_sets}: not prepared"
 fi

@@ -25,14 +25,17 @@ heldout=0            # size of the test_heldout set (0 = none): new sentences an
 heldout_engines=festival  # engines of test_heldout only, none of them in ${engines} (leave-one-engine-out)
 datadir=data
 sets="train dev test"
+optional_sets=""     # prepared when the corpus has them (w2p.sh: <task>_<set> for every further test set)
 python=python
 corpus_dir=${MINI_EN}   # where stage 0 writes wav/<set>/*.wav + <set>.jsonl manifests (db.sh)
 
 usage() {
   echo "Usage: $0 [--stage ${stage}] [--stop_stage ${stop_stage}] [--nj ${nj}] [--seed ${seed}] [--max_utts ${max_utts}]"
-  echo "       [--datadir ${datadir}] [--sets \"${sets}\"] [--corpus_dir ${corpus_dir}] [--python ${python}]"
+  echo "       [--datadir ${datadir}] [--sets \"${sets}\"] [--optional_sets \"${optional_sets}\"]"
+  echo "       [--corpus_dir ${corpus_dir}] [--python ${python}]"
   echo "       [--engines ${engines}] [--open_vocab ${open_vocab}] [--heldout ${heldout}]"
-  echo "       [--heldout_engines ${heldout_engines}]   (list test_heldout in the sets to prepare it in stage 1)"
+  echo "       [--heldout_engines ${heldout_engines}]   (list test_heldout in the sets to prepare it in stage 1;"
+  echo "       sqqa_test_heldout comes with it through --optional_sets)"
 }
 
 . utils/parse_options.sh
@@ -60,5 +63,5 @@ if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     echo "$0: ${corpus_dir}/stats.json missing: the corpus is not synthesised; run stage 0 first" >&2; exit 1
   fi
   # shellcheck disable=SC2086
-  ${python} local/data_prep.py --src ${corpus_dir} --out ${datadir} --sets ${sets}
+  ${python} local/data_prep.py --src ${corpus_dir} --out ${datadir} --sets ${sets} --optional_sets ${optional_sets}
 fi
