@@ -191,8 +191,8 @@ def test_recipe_stages_0_to_2_with_other_engines_and_augmentation(tmp_path):
     mini = os.path.join(ROOT, "egs", "mini_en", "w2p1")
     c, d, u = tmp_path / "corpus", tmp_path / "data", tmp_path / "dump"
     cmd = (f"./run.sh --nj 2 --max_utts 2 --tasks st --local_data_opts '--corpus_dir {c} --engines "
-           f"espeak,flite,festival' --datadir {d} --dumpdir {u} --augment_config conf/tuning/augment.yaml "
-           f"--stop_stage 2")
+           f"espeak,flite,festival --heldout 0' --test_sets test --datadir {d} --dumpdir {u} "
+           f"--augment_config conf/tuning/augment.yaml --stop_stage 2")
     p = subprocess.run(["bash", "-c", cmd], cwd=mini, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]

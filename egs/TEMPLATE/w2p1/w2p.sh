@@ -194,6 +194,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     "${fbankdir}/${train_set}/cmvn.npz"
   if [ -n "${augment_config}" ]; then
     log "Stage 2: augmenting ${datadir}/${train_src} -> ${datadir}/${train_set} (${augment_config}, nj=${nj})"
+    validate data "run stage 1 (data prep) first" ${datadir}/${train_src}
     ${cmd} JOB=1:${nj} ${fbankdir}/log/augment.JOB.log ${python} -m w2p.bin.augment_data_dir \
       --src ${datadir}/${train_src} --dst ${datadir}/${train_set} --config ${augment_config} --seed ${seed} \
       --nj ${nj} --job JOB
