@@ -149,9 +149,7 @@ def test_mini_en_stages_0_to_2_end_to_end(tmp_path):
     p = sh(f"{base} --stage 2 --stop_stage 2", cwd=MINI)
     assert p.returncode != 0 and "run stage 1 (data prep) first" in p.stderr
     p = sh(f"{base} --stop_stage 2", cwd=MINI, check=True)
-    # the recipe's defaults: test_heldout and the held-out spoken questions besides the other sets
-    sets = ["train", "dev", "test", "test_heldout", "sqqa_test_heldout"] + [
-        f"{t}_{s}" for t in ("st", "slu", "sqqa", "sqa") for s in ("fewshot", "test")]
+    sets = ["train", "dev", "test"] + [f"{t}_{s}" for t in ("st", "slu", "sqqa", "sqa") for s in ("fewshot", "test")]
     for s in sets:
         f = _feats(str(u), s)
         assert len(f) == 3 and all(v.shape[1] == 80 and v.dtype == np.float32 for v in f.values())

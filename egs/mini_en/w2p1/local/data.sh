@@ -19,9 +19,9 @@ stop_stage=1
 nj=1                 # parallel synthesis jobs
 seed=0               # the corpus is a function of the seed (texts, voices)
 max_utts=0           # cap every set (0 = full corpus; for quick tests)
-engines=espeak,flite # synthesis engines of every set but test_heldout (espeak alone: the pre-issue-20 corpus)
-open_vocab=0.5       # fraction of train drawn from WordNet example sentences (0 = off; needs apt wordnet-base)
-heldout=300          # size of the test_heldout set (0 = none): new sentences and words, spoken by ${heldout_engines}
+engines=espeak       # synthesis engines, comma-separated: espeak (the original corpus) | espeak,flite,festival
+open_vocab=0         # fraction of train drawn from WordNet example sentences (0 = off; needs apt wordnet-base)
+heldout=0            # size of the test_heldout set (0 = none): new sentences and words, spoken by ${heldout_engines}
 heldout_engines=festival  # engines of test_heldout only, none of them in ${engines} (leave-one-engine-out)
 datadir=data
 sets="train dev test"
