@@ -164,3 +164,17 @@ def test_decode_errors(task_recipe, tmp_path):
         dec.main(["--config", os.path.join(task_recipe, "decode.yaml"), "--systems", "nope"])
     with pytest.raises(FileNotFoundError, match="stage 2"):
         load_set(str(tmp_path / "missing"))
+
+
+def test_max_utts_samples_evenly(task_recipe):
+    """A capped test set is spread over the sorted ids: ids start with the voice, so the first n would be one
+    voice's (on a multi-engine set, one engine's)."""
+    from w2p.io import evenly_spaced
+
+    assert evenly_spaced(list(range(10)), 4) == [0, 2, 5, 7]
+    assert evenly_spaced(list(range(3)), 5) == [0, 1, 2] and evenly_spaced([1, 2], None) == [1, 2]
+    every = sorted(load_set(os.path.join(task_recipe, "dump", "fbank", "test")).utt_ids)
+    n = len(every) // 2
+    capped = list(load_set(os.path.join(task_recipe, "dump", "fbank", "test"), max_utts=n).utt_ids)
+    assert len(capped) == n and capped[0] == every[0] and capped != every[:n]
+    assert capped == [every[i * len(every) // n] for i in range(n)]

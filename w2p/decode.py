@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from w2p.features import RAW, RawIndex, dump_type
-from w2p.io import load_feats, read_kv, read_scp, write_atomic, write_kv_atomic
+from w2p.io import evenly_spaced, load_feats, read_kv, read_scp, write_atomic, write_kv_atomic
 from w2p.tasks import CALIBRATION_INPUT, canonical_intent, get_task, intents_prompt, readable_intent
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,9 @@ class TestSet:
 
 
 def load_set(dump_dir: str, *, max_utts: int | None = None, allow_pipes: bool = False) -> TestSet:
-    """A dump dir (feats.scp, utt2num_frames, text, optional ref / question / intents); the first ``max_utts``
-    utterances in sorted id order are kept (deterministic cap)."""
+    """A dump dir (feats.scp, utt2num_frames, text, optional ref / question / intents); with ``max_utts``, that many
+    utterances evenly spaced over the sorted ids are kept (deterministic, and every voice of a multi-voice set is
+    in the sample, not only the first one's)."""
     scp = os.path.join(dump_dir, "feats.scp")
     raw = dump_type(dump_dir) == RAW
     if not raw and not os.path.isfile(scp):
@@ -101,8 +102,7 @@ def load_set(dump_dir: str, *, max_utts: int | None = None, allow_pipes: bool = 
     utts = sorted(u for u in text if u in have)
     if not utts:
         raise ValueError(f"{dump_dir}: no utterance has both a transcript and features")
-    if max_utts:
-        utts = utts[: int(max_utts)]
+    utts = evenly_spaced(utts, max_utts)
     flds = {}
     for name in ("ref", "question", "slots"):
         p = os.path.join(dump_dir, name)

@@ -20,7 +20,7 @@ import numpy as np
 
 from w2p.data.audio import AudioError, audio_samples, load_audio, load_segment
 from w2p.data.datadir import COPY_TO_DUMP, PER_UTT_FILES, spk2utt_from_utt2spk, validate_data_dir
-from w2p.io import atomic_path, check_scp_spec, load_feats, read_kv, read_scp, write_atomic, write_kv
+from w2p.io import atomic_path, check_scp_spec, evenly_spaced, load_feats, read_kv, read_scp, write_atomic, write_kv
 
 log = logging.getLogger("w2p.features")
 
@@ -299,8 +299,7 @@ def compute_cmvn_raw(dump_dir: str, out_path: str, *, max_utts: int = 5000) -> d
     decode all the audio once more."""
     index = RawIndex(dump_dir)
     utts = index.utts
-    if max_utts and len(utts) > max_utts:
-        utts = [utts[int(i * len(utts) / max_utts)] for i in range(max_utts)]
+    utts = evenly_spaced(utts, max_utts)
     mats = ((u, index.features(u)) for u in utts)
     out = _write_cmvn(mats, dump_dir, out_path)
     out["utts"] = len(utts)

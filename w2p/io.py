@@ -230,6 +230,16 @@ def load_feats(spec: str):
 
 
 # -- provenance -----------------------------------------------------------------------------------------------
+def evenly_spaced(items: list, n: int | None) -> list:
+    """At most ``n`` of ``items``, evenly spaced over them (all when ``n`` is falsy or >= len): a deterministic
+    sample that covers a set in its sorted order. Ids usually start with the speaker or voice, so the first n would
+    be one speaker's."""
+    if not n or len(items) <= int(n):
+        return list(items)
+    n = int(n)
+    return [items[i * len(items) // n] for i in range(n)]
+
+
 def git_commit(path: str | None = None) -> str:
     """Short commit of the w2p checkout (not of the cwd: a recipe may run outside the repo); -dirty if modified."""
     path = path or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

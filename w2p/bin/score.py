@@ -80,7 +80,8 @@ def main(argv=None) -> int:
            f"({calibration_mode(conf.get('calibrate', 'content_free'))} "
            f"calibration); cascade ASR "
            f"{'greedy CTC' if int(conf['asr_beam']) <= 1 else 'CTC prefix beam ' + str(conf['asr_beam'])}",
-           "test utterances per task": "all" if not conf.get("max_utts") else f"first {conf['max_utts']} (sorted ids)",
+           "test utterances per task": ("all" if not conf.get("max_utts")
+                                        else f"{conf['max_utts']}, evenly spaced over the sorted ids"),
            "config": args.config or "defaults"}
     if args.systems_config:
         cfg["systems"] = args.systems_config
