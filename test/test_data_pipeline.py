@@ -280,8 +280,8 @@ def test_recipe_stage_2_feats_type_raw(tmp_path):
     """run.sh --feats_type raw: stage 2 writes raw dump dirs that later stages accept; fbank over it replaces it."""
     mini = os.path.join(REPO, "egs", "mini_en", "w2p1")
     c, d, u = tmp_path / "corpus", tmp_path / "data", tmp_path / "dump"
-    base = (f"./run.sh --nj 2 --max_utts 2 --tasks st --local_data_opts '--corpus_dir {c}' --datadir {d} "
-            f"--dumpdir {u} --stop_stage 2")
+    base = (f"./run.sh --nj 2 --max_utts 2 --tasks st --local_data_opts '--corpus_dir {c} --heldout 0' "
+            f"--test_sets test --datadir {d} --dumpdir {u} --stop_stage 2")
     env = dict(os.environ, PYTHONPATH=REPO)
     p = subprocess.run(["bash", "-c", base + " --feats_type raw"], cwd=mini, env=env, capture_output=True,
                        text=True, timeout=300)

@@ -149,7 +149,9 @@ def test_mini_en_stages_0_to_2_end_to_end(tmp_path):
     p = sh(f"{base} --stage 2 --stop_stage 2", cwd=MINI)
     assert p.returncode != 0 and "run stage 1 (data prep) first" in p.stderr
     p = sh(f"{base} --stop_stage 2", cwd=MINI, check=True)
-    sets = ["train", "dev", "test"] + [f"{t}_{s}" for t in ("st", "slu", "sqqa", "sqa") for s in ("fewshot", "test")]
+    # the recipe's defaults: test_heldout and the held-out spoken questions besides the other sets
+    sets = ["train", "dev", "test", "test_heldout", "sqqa_test_heldout"] + [
+        f"{t}_{s}" for t in ("st", "slu", "sqqa", "sqa") for s in ("fewshot", "test")]
     for s in sets:
         f = _feats(str(u), s)
         assert len(f) == 3 and all(v.shape[1] == 80 and v.dtype == np.float32 for v in f.values())
@@ -284,8 +286,9 @@ esac
     assert arg(train[2], "--config") == "conf/train_asr_ctc.yaml"
     assert arg(train[2], "--init") == f"{exp}/wav2prompt/model.pt"
     assert [arg(x, "--init") for x in train[3:]] == [f"{exp}/asr_ctc/model.pt"] * 2
-    readouts = [arg(x, "--model_dir") for x in lines if "w2p.bin.readout" in x]
-    assert readouts == [f"{exp}/wav2prompt_pre", f"{exp}/wav2prompt"]
+    readouts = [(arg(x, "--model_dir"), os.path.basename(arg(x, "--data_dir")))
+                for x in lines if "w2p.bin.readout" in x]
+    assert readouts == [(f"{exp}/{e}", s) for s in ("test", "test_heldout") for e in ("wav2prompt_pre", "wav2prompt")]
     ft = [(arg(x, "--output_dir"), arg(x, "--init_exp"), arg(x, "--config")) for x in lines if "w2p.bin.finetune" in x]
     want = []
     for t in ("st", "slu", "sqqa", "sqa"):
@@ -296,8 +299,10 @@ esac
     assert ft == want
     assert all("--model_conf.mse_weight 0" in x for x in lines if "fewshot_nomse" in x and "finetune" in x)
     dec = [x for x in lines if "w2p.bin.decode" in x]
-    assert "--systems " not in dec[0] and arg(dec[0], "--systems_config") == "conf/systems.yaml"
-    assert arg(dec[0], "--expdir") == str(exp)
+    # zero-shot: every system, ASR on each test set of run.sh (test with the tasks, then test_heldout on its own)
+    assert all("--systems " not in x and arg(x, "--systems_config") == "conf/systems.yaml" for x in dec[:2])
+    assert arg(dec[0], "--expdir") == str(exp) and arg(dec[1], "--tasks.asr") == "test_heldout"
+    dec = dec[1:]
     assert [(arg(x, "--systems"), arg(x, "--tasks")) for x in dec[1:]] == [
         ("wav2prompt_fewshot", "st"), ("wav2prompt_fewshot_nomse", "st"), ("wav2prompt_fewshot", "slu"),
         ("wav2prompt_fewshot", "sqqa"), ("wav2prompt_fewshot", "sqa")]

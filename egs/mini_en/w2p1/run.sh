@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# mini_en: espeak-ng synthesised English (ASR) + zero-shot ST/SLU/SQQA/SQA sets; runs offline on CPU.
+# mini_en: English synthesised by espeak-ng and flite (ASR; test_heldout by festival) + zero-shot ST/SLU/SQQA/SQA
+# sets; runs offline on CPU.
 set -e
 set -u
 set -o pipefail
 
 ./w2p.sh \
-  --train_set train --valid_set dev --test_sets "test" \
+  --train_set train --valid_set dev --test_sets "test test_heldout" \
   --tasks "st slu sqqa sqa" \
   --llm smollm2-135m \
   --systems_config conf/systems.yaml \

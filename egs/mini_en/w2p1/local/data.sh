@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Corpus preparation of egs/mini_en (w2p.sh stages 0 and 1 call it with --stage N --stop_stage N):
-#   stage 0: synthesise the mini_en corpus with espeak-ng into ${corpus_dir} (w2p.synth.make_corpus, nj jobs);
+#   stage 0: synthesise the mini_en corpus (espeak-ng and flite; test_heldout: festival) into ${corpus_dir}
+#            (w2p.synth.make_corpus, nj jobs);
 #   stage 1: Kaldi-style ${datadir}/<set>/ from its manifests (local/data_prep.py).
 set -e
 set -u
@@ -19,9 +20,9 @@ stop_stage=1
 nj=1                 # parallel synthesis jobs
 seed=0               # the corpus is a function of the seed (texts, voices)
 max_utts=0           # cap every set (0 = full corpus; for quick tests)
-engines=espeak       # synthesis engines, comma-separated: espeak (the original corpus) | espeak,flite,festival
+engines=espeak,flite # synthesis engines of every set but test_heldout (espeak alone: the pre-issue-20 corpus)
 open_vocab=0         # fraction of train drawn from WordNet example sentences (0 = off; needs apt wordnet-base)
-heldout=0            # size of the test_heldout set (0 = none): new sentences and words, spoken by ${heldout_engines}
+heldout=300          # size of the test_heldout set (0 = none): new sentences and words, spoken by ${heldout_engines}
 heldout_engines=festival  # engines of test_heldout only, none of them in ${engines} (leave-one-engine-out)
 datadir=data
 sets="train dev test"
