@@ -229,7 +229,6 @@ def load_feats(spec: str):
     return kaldiio.load_mat(spec)
 
 
-# -- provenance -----------------------------------------------------------------------------------------------
 def evenly_spaced(items: list, n: int | None) -> list:
     """At most ``n`` of ``items``, evenly spaced over them (all when ``n`` is falsy or >= len): a deterministic
     sample that covers a set in its sorted order. Ids usually start with the speaker or voice, so the first n would
@@ -240,6 +239,7 @@ def evenly_spaced(items: list, n: int | None) -> list:
     return [items[i * len(items) // n] for i in range(n)]
 
 
+# -- provenance -----------------------------------------------------------------------------------------------
 def git_commit(path: str | None = None) -> str:
     """Short commit of the w2p checkout (not of the cwd: a recipe may run outside the repo); -dirty if modified."""
     path = path or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
