@@ -233,9 +233,9 @@ def evenly_spaced(items: list, n: int | None) -> list:
     """At most ``n`` of ``items``, evenly spaced over them (all when ``n`` is falsy or >= len): a deterministic
     sample that covers a set in its sorted order. Ids usually start with the speaker or voice, so the first n would
     be one speaker's."""
-    if not n or len(items) <= int(n):
+    n = int(n or 0)
+    if not n or len(items) <= n:
         return list(items)
-    n = int(n)
     return [items[i * len(items) // n] for i in range(n)]
 
 
